@@ -1,0 +1,1 @@
+"""Audio, image and video I/O: no models here."""

@@ -1,0 +1,1 @@
+"""Model loading, the tiny test model, text encoding and latent encoding."""

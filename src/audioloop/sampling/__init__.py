@@ -1,0 +1,1 @@
+"""Sampling one window: pure tensor math, token layout, NAG and AdaIN."""
