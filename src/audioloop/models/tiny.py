@@ -21,6 +21,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+REVISION = "tiny-v1"  # the tiny model's fingerprint: bump it whenever a builder below changes its output
 SEED = 1234
 TEXT_HIDDEN = 32
 TEXT_LAYERS = 2
@@ -153,7 +154,7 @@ def tiny_tokenizer() -> GemmaTokenizer:
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
     pieces = specials + [f"<0x{i:02X}>" for i in range(256)] + list(string.ascii_lowercase) + ["▁"]
     vocab = {piece: i for i, piece in enumerate(pieces)}
-    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True)
+    return GemmaTokenizer(vocab=vocab, merges=[], add_bos_token=True, model_max_length=MAX_SEQUENCE_LENGTH)
 
 
 def tiny_text_encoder() -> Gemma3ForConditionalGeneration:

@@ -1,0 +1,112 @@
+"""Prompt text → connector embeddings, encoded once per (model, text) and cached on disk.
+
+Gemma 3 is the largest model after the transformer, so all prompts missing from the cache go through it in
+one batched pass, it is freed before returning, and a run whose prompts are all cached never builds it.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from audioloop.models.load import Components
+
+
+@dataclass(frozen=True)
+class TextEmbedding:
+    """One prompt's connector outputs: what the transformer's text cross-attentions read."""
+
+    video: torch.Tensor  # [T, D_video]
+    audio: torch.Tensor  # [T, D_audio]
+
+
+def encode_prompts(
+    components: Components, prompts: Sequence[str], cache_dir: Path
+) -> dict[str, TextEmbedding]:
+    """Embeddings for every prompt (the empty one included), encoding only those not already cached."""
+    paths = {prompt: cache_path(components, prompt, cache_dir) for prompt in prompts}
+    missing = {path: prompt.strip() for prompt, path in paths.items() if not path.is_file()}
+    if missing:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fresh = encode_texts(components, list(missing.values()))
+        for (path, text), embedding in zip(missing.items(), fresh, strict=True):
+            _write_atomic(path, embedding, {"revision": components.revision, "text": text})
+    return {prompt: _read(path, components) for prompt, path in paths.items()}
+
+
+def cache_path(components: Components, prompt: str, cache_dir: Path) -> Path:
+    """The cache file of a prompt: keyed by model revision, sequence length, dtype and the stripped text."""
+    key = json.dumps(
+        [components.revision, components.max_sequence_length, str(components.dtype), prompt.strip()]
+    )
+    return cache_dir / f"{hashlib.sha256(key.encode()).hexdigest()}.safetensors"
+
+
+def encode_texts(components: Components, texts: Sequence[str]) -> list[TextEmbedding]:
+    """Encode texts with no cache: one Gemma pass, then the connectors once; results on the CPU."""
+    hidden, mask = _gemma_hidden_states(components, texts)
+    with torch.inference_mode():
+        video, audio, _ = components.connectors(hidden, mask, padding_side="left")
+    return [TextEmbedding(v.cpu().clone(), a.cpu().clone()) for v, a in zip(video, audio, strict=True)]
+
+
+def _gemma_hidden_states(components: Components, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every Gemma hidden state stacked per token, [B, T, H·(L+1)], as diffusers' LTX2Pipeline builds it."""
+    tokenizer = components.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokens = tokenizer(
+        list(texts),
+        padding="max_length",
+        max_length=components.max_sequence_length,
+        truncation=True,
+        add_special_tokens=True,
+        padding_side="left",
+        return_tensors="pt",
+    ).to(components.device)
+    encoder = components.load_text_encoder()
+    with torch.inference_mode():
+        output = encoder(
+            input_ids=tokens.input_ids,
+            attention_mask=tokens.attention_mask,
+            output_hidden_states=True,
+            logits_to_keep=1,
+        )
+        hidden = torch.stack(output.hidden_states, dim=-1).flatten(2, 3).to(components.dtype)
+    del encoder, output
+    _free_memory(components.device)
+    return hidden, tokens.attention_mask
+
+
+def _free_memory(device: torch.device) -> None:
+    """Return a freed model's memory now, so Gemma is gone before the transformer loads."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _write_atomic(path: Path, embedding: TextEmbedding, metadata: dict[str, str]) -> None:
+    """Write one cache entry through a temporary file and a rename, so a reader never sees half a file."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"video": embedding.video, "audio": embedding.audio}, temporary, metadata=metadata)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _read(path: Path, components: Components) -> TextEmbedding:
+    """One cache entry on the components' device and dtype."""
+    tensors = load_file(path)
+    return TextEmbedding(
+        video=tensors["video"].to(components.device, components.dtype),
+        audio=tensors["audio"].to(components.device, components.dtype),
+    )

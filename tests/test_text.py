@@ -1,0 +1,122 @@
+"""Prompt encoding: one batched Gemma pass for what is missing, a disk cache for everything else."""
+
+import dataclasses
+import gc
+import weakref
+from pathlib import Path
+
+import pytest
+import torch
+
+from audioloop.models import tiny
+from audioloop.models.load import Components, load_components
+from audioloop.models.text import encode_prompts, encode_texts
+
+SCHEDULE = ["a singer in a red coat", "the singer in the rain", ""]
+
+
+class GemmaSpy:
+    """Wraps load_text_encoder: counts builds and forward passes, records batch sizes, tracks liveness."""
+
+    def __init__(self, components: Components) -> None:
+        self.load = components.load_text_encoder
+        self.builds = 0
+        self.batches: list[int] = []
+        self.alive: list[weakref.ref[torch.nn.Module]] = []
+
+    def __call__(self) -> torch.nn.Module:
+        self.builds += 1
+        encoder = self.load()
+        encoder.register_forward_hook(
+            lambda module, args, kwargs, out: self.batches.append(len(kwargs["input_ids"])), with_kwargs=True
+        )
+        self.alive.append(weakref.ref(encoder))
+        return encoder
+
+
+def _refuse() -> torch.nn.Module:
+    raise AssertionError("the text encoder was built on a cache hit")
+
+
+@pytest.fixture(scope="module")
+def tiny_components() -> Components:
+    return load_components("tiny")
+
+
+def _spied(components: Components) -> tuple[Components, GemmaSpy]:
+    spy = GemmaSpy(components)
+    return dataclasses.replace(components, load_text_encoder=spy), spy
+
+
+def test_one_batched_pass_for_all_prompts(tiny_components: Components, tmp_path: Path) -> None:
+    components, spy = _spied(tiny_components)
+    embeddings = encode_prompts(components, SCHEDULE, tmp_path)
+    assert (spy.builds, spy.batches) == (1, [3])
+    assert list(embeddings) == SCHEDULE
+    length = components.max_sequence_length
+    assert length == tiny.MAX_SEQUENCE_LENGTH and length % 128 == 0
+    for embedding in embeddings.values():
+        assert embedding.video.shape == (length, tiny.VIDEO_DIM)
+        assert embedding.audio.shape == (length, tiny.AUDIO_DIM)
+        assert embedding.video.dtype == embedding.audio.dtype == components.dtype
+        assert embedding.video.device == components.device
+    assert not torch.equal(embeddings[SCHEDULE[0]].video, embeddings[SCHEDULE[2]].video)
+
+
+def test_text_encoder_is_freed_before_returning(tiny_components: Components, tmp_path: Path) -> None:
+    components, spy = _spied(tiny_components)
+    encode_prompts(components, SCHEDULE, tmp_path)
+    gc.collect()
+    assert [ref() for ref in spy.alive] == [None]
+
+
+def test_second_run_reads_only_the_cache(tiny_components: Components, tmp_path: Path) -> None:
+    first = encode_prompts(tiny_components, SCHEDULE, tmp_path)
+    cached = dataclasses.replace(tiny_components, load_text_encoder=_refuse)
+    second = encode_prompts(cached, SCHEDULE, tmp_path)
+    assert list(second) == SCHEDULE
+    for prompt in SCHEDULE:
+        assert torch.equal(second[prompt].video, first[prompt].video)
+        assert torch.equal(second[prompt].audio, first[prompt].audio)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".safetensors"] * 3
+
+
+def test_new_prompt_encodes_only_that_prompt(tiny_components: Components, tmp_path: Path) -> None:
+    encode_prompts(tiny_components, SCHEDULE, tmp_path)
+    components, spy = _spied(tiny_components)
+    embeddings = encode_prompts(components, [*SCHEDULE, "a wide shot of the crowd"], tmp_path)
+    assert (spy.builds, spy.batches) == (1, [1])
+    assert len(embeddings) == 4
+
+
+def test_cached_values_equal_fresh_ones_bit_for_bit(tiny_components: Components, tmp_path: Path) -> None:
+    encode_prompts(tiny_components, SCHEDULE, tmp_path)
+    cached = encode_prompts(
+        dataclasses.replace(tiny_components, load_text_encoder=_refuse), SCHEDULE, tmp_path
+    )
+    fresh = encode_texts(tiny_components, SCHEDULE)
+    for prompt, embedding in zip(SCHEDULE, fresh, strict=True):
+        assert torch.equal(cached[prompt].video, embedding.video)
+        assert torch.equal(cached[prompt].audio, embedding.audio)
+
+
+def test_duplicate_prompts_are_encoded_once(tiny_components: Components, tmp_path: Path) -> None:
+    components, spy = _spied(tiny_components)
+    embeddings = encode_prompts(components, ["a fox", "a fox", " a fox ", "", ""], tmp_path)
+    assert (spy.builds, spy.batches) == (1, [2])
+    assert list(embeddings) == ["a fox", " a fox ", ""]
+    assert torch.equal(embeddings["a fox"].video, embeddings[" a fox "].video)
+
+
+def test_cache_is_keyed_by_model_revision(tiny_components: Components, tmp_path: Path) -> None:
+    encode_prompts(tiny_components, SCHEDULE, tmp_path)
+    components, spy = _spied(dataclasses.replace(tiny_components, revision="tiny-other"))
+    encode_prompts(components, SCHEDULE, tmp_path)
+    assert spy.batches == [3]
+
+
+def test_embeddings_come_back_in_the_components_dtype(tmp_path: Path) -> None:
+    components = load_components("tiny", dtype=torch.bfloat16)
+    embeddings = encode_prompts(components, SCHEDULE[:1], tmp_path)
+    assert embeddings[SCHEDULE[0]].video.dtype == torch.bfloat16
+    assert encode_prompts(components, SCHEDULE[:1], tmp_path)[SCHEDULE[0]].audio.dtype == torch.bfloat16
