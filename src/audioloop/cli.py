@@ -21,7 +21,7 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Render a lip-synced music video from one song, one image and a prompt schedule (LTX-2.3).",
 )
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML settings file (flags override it).")
