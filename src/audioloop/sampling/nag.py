@@ -11,7 +11,8 @@ otherwise `audio_attn2` keeps the stock processor and sees only its positive con
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -62,6 +63,17 @@ def nag_combine(z_pos: Tensor, z_neg: Tensor, settings: NagSettings) -> Tensor:
     """The NAG attention output: Z = α·normalize(G) + (1−α)·Z⁺ (exactly Z⁺ at s = 1)."""
     g = nag_normalize(nag_guidance(z_pos, z_neg, settings.scale), z_pos, settings.tau)
     return z_pos + settings.alpha * (g - z_pos)
+
+
+@functools.cache
+def _fused_combine() -> Callable[[Tensor, Tensor, NagSettings], Tensor]:
+    """nag_combine compiled into one kernel: eager it is ~12 passes over [N, H·D] per block (5% of a step)."""
+    return torch.compile(nag_combine, fullgraph=True, dynamic=False)
+
+
+def combine(z_pos: Tensor, z_neg: Tensor, settings: NagSettings) -> Tensor:
+    """nag_combine, fused on CUDA; eager elsewhere (a CPU compile costs more than it saves)."""
+    return (_fused_combine() if z_pos.is_cuda else nag_combine)(z_pos, z_neg, settings)
 
 
 def nag_text(positive: Tensor, negative: Tensor) -> Tensor:
@@ -124,7 +136,7 @@ class NagAttnProcessor:
         value_pos, value_neg = value.chunk(2, dim=1)
         z_pos = self._attend(query, key_pos, value_pos, mask_pos)
         z_neg = self._attend(query, key_neg, value_neg, mask_neg)
-        out = nag_combine(z_pos, z_neg, self.settings)
+        out = combine(z_pos, z_neg, self.settings)
 
         if attn.to_gate_logits is not None:
             gates = 2.0 * torch.sigmoid(attn.to_gate_logits(hidden_states))
