@@ -185,6 +185,13 @@ schedule:
     )
 
 
+def test_lowercase_style_is_its_own_sentence(tmp_path: Path) -> None:
+    text = "subject: A woman\nstyle: warm stage light, static camera\n"
+    text += "schedule:\n  - {at: 0, prompt: is swaying}\n"
+    schedule = load_schedule(write(tmp_path, text))
+    assert schedule.prompt_text(schedule.entries[0]) == "A woman is swaying. Warm stage light, static camera"
+
+
 def test_minimal_schedule_has_no_subject_style_or_negative(tmp_path: Path) -> None:
     schedule = load_schedule(write(tmp_path, "schedule:\n  - {at: 0, prompt: She is singing.}\n"))
     assert (schedule.subject, schedule.style, schedule.negative) == ("", "", None)

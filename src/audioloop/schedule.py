@@ -42,8 +42,10 @@ class Schedule:
     entries: tuple[Entry, ...]
 
     def prompt_text(self, entry: Entry) -> str:
-        """The full prompt the model sees for entry: subject, then the entry's prompt, then the style."""
-        return join_prompt(self.subject, entry.prompt, self.style)
+        """The full prompt the model sees for entry: subject and the entry's prompt as one sentence, then
+        the style as a sentence of its own (capitalised, so join_prompt ends the sentence before it)."""
+        style = _clean(self.style)
+        return join_prompt(self.subject, entry.prompt, style[:1].upper() + style[1:])
 
 
 @dataclass(frozen=True)
