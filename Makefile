@@ -30,7 +30,8 @@ format: setup
 
 demo: setup
 	$(BIN)/python -m audioloop.demo demo
-	$(BIN)/audioloop plan demo/song.wav --schedule demo/schedule.yaml --config configs/tiny.yaml
+	$(BIN)/audioloop render demo/song.wav --image demo/hero.png --schedule demo/schedule.yaml \
+		--config configs/tiny.yaml -o demo/demo.mp4
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .ruff_cache

@@ -53,12 +53,15 @@ def main(
 
 
 def run_or_exit(fn: Callable[[], Any]) -> Any:
-    """Run a command body; a user-facing error becomes one line on stderr and its exit code."""
+    """Run a command body; a user-facing error or Ctrl-C becomes one line on stderr and its exit code."""
     try:
         return fn()
     except AudioloopError as exc:
         err.print(f"[bold red]error:[/] {exc}")
         raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted before anything was written")
+        raise typer.Exit(130) from None  # 128 + SIGINT, as render.Interrupted once windows are rendering
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:
@@ -176,3 +179,109 @@ def plan(
             Console().print(_plan_table(result["plan"], result["prompts"]))
 
     run_or_exit(body)
+
+
+@app.command()
+def render(
+    song: Annotated[Path, typer.Argument(help="The song: any audio file PyAV can read.")],
+    image: Annotated[Path, typer.Option("--image", "-i", help="The hero image (any Pillow-readable file).")],
+    schedule: Annotated[Path, typer.Option("--schedule", "-s", help="The prompt schedule (YAML).")],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Output .mp4/.mkv/.mov (default: SONG's stem .mp4).")
+    ] = None,
+    config: ConfigOpt = None,
+    model: Annotated[
+        str | None, typer.Option(help="diffusers-format LTX-2.3 directory, hub id, or tiny.")
+    ] = None,
+    width: WidthOpt = None,
+    height: HeightOpt = None,
+    fps: FpsOpt = None,
+    window: WindowOpt = None,
+    overlap: OverlapOpt = None,
+    start: StartOpt = None,
+    duration: DurationOpt = None,
+    seed: SeedOpt = None,
+    steps: Annotated[
+        int | None, typer.Option(help="Sampling steps: the first sigma, then the last N of the sigma list.")
+    ] = None,
+    sigmas: Annotated[str | None, typer.Option(help="Sigma schedule, e.g. 1,0.725,0.421875,0.")] = None,
+    nag: Annotated[
+        bool | None, typer.Option("--nag/--no-nag", help="NAG against the negative prompt.")
+    ] = None,
+    nag_scale: Annotated[float | None, typer.Option(help="NAG strength s (3-7; 1 = off).")] = None,
+    nag_alpha: Annotated[float | None, typer.Option(help="NAG blend α in [0, 1].")] = None,
+    nag_tau: Annotated[float | None, typer.Option(help="NAG L1-ratio cap τ (≥ 1).")] = None,
+    adain: Annotated[
+        float | None, typer.Option(help="AdaIN toward window 0 after each window (0 = off).")
+    ] = None,
+    adain_per_frame: Annotated[
+        bool | None,
+        typer.Option("--adain-per-frame/--no-adain-per-frame", help="AdaIN statistics per frame."),
+    ] = None,
+    per_step_adain: Annotated[
+        str | None, typer.Option(help="AdaIN factor per sampling step, e.g. 0.3,0.2,0.1,0.05.")
+    ] = None,
+    context: Annotated[
+        str | None,
+        typer.Option(help="Context from the previous window: latent (reuse) or pixel (re-encode)."),
+    ] = None,
+    crf: Annotated[int | None, typer.Option(help="Output H.264 CRF (0 lossless … 51).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="bfloat16, float16 or float32.")] = None,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Where finished windows are kept (default: OUTPUT.work next to it).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Reuse finished windows from the work dir.")
+    ] = True,
+    only_windows: Annotated[
+        str | None, typer.Option(help="Re-render these windows (e.g. 3,7) and every window after the first.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing (errors excepted).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render the music video: sample every window, decode and mux the song as it goes; resumable."""
+    from dataclasses import replace
+
+    from audioloop.job import RenderRequest, prepare, step_sigmas
+    from audioloop.progress import RenderProgress, RichProgress, silent_libraries
+    from audioloop.render import render as render_job
+
+    def body() -> dict[str, Any]:
+        flags = dict(width=width, height=height, fps=fps, window=window, overlap=overlap, start=start)
+        flags.update(duration=duration, seed=seed, model=model, sigmas=sigmas, nag=nag, nag_scale=nag_scale)
+        flags.update(nag_alpha=nag_alpha, nag_tau=nag_tau, adain=adain, adain_per_frame=adain_per_frame)
+        flags.update(per_step_adain=per_step_adain, context=context, crf=crf, device=device, dtype=dtype)
+        settings = load_settings(config, flags)
+        if steps is not None:
+            settings = replace(settings, sigmas=step_sigmas(settings.sigmas, steps))
+        require_file(image, "image", "pass the hero image with --image")
+        planned = plan_song(song, schedule, settings)
+        request = RenderRequest(
+            song=song,
+            image=image,
+            schedule=planned["schedule"],
+            plan=planned["plan"],
+            prompts=planned["prompts"],
+            settings=settings,
+            output=output,
+            work_dir=work_dir,
+            resume=resume,
+            only_windows=only_windows,
+        )
+        job = prepare(request)
+        warn([*planned["warnings"], *job.warnings], quiet)
+        if quiet:
+            with silent_libraries():
+                return render_job(job, RenderProgress())
+        return render_job(job, RichProgress(err))
+
+    result = run_or_exit(body)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif not quiet:
+        frames, windows = result["plan"]["total_frames"], len(result["windows"])
+        err.print(
+            f"wrote {result['output']} and its .json sidecar: {frames} frames, {windows} windows, "
+            f"{result['timings']['total']:.1f} s"
+        )

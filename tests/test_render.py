@@ -1,0 +1,558 @@
+"""The song loop on the tiny model: decode spans, the window chain, resume, --only-windows, pixel context,
+bounded memory, seams and failures. Renders are 64×64 with 89-frame windows (12 latents, 6 of overlap)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, reject, settings
+from hypothesis import strategies as st
+
+from audioloop import demo
+from audioloop.cli import plan_song
+from audioloop.config import Settings
+from audioloop.decode import (
+    DecodeSpan,
+    LatentStream,
+    decode_margin,
+    decode_spans,
+    decoded_frames,
+    first_frame,
+    frame_budget,
+    latent_of,
+    queue_limit,
+    window_ends,
+)
+from audioloop.errors import InputError, RenderError, SettingsError
+from audioloop.job import RenderRequest, output_path, prepare, step_sigmas
+from audioloop.media.audio import read_source_audio
+from audioloop.media.writer import VideoWriter
+from audioloop.models.latents import decode_video, encode_frames
+from audioloop.models.tiny import tiny_video_vae
+from audioloop.plan import Plan, make_plan
+from audioloop.render import Interrupted, render
+from audioloop.sampling.layout import unpack_video
+from audioloop.workdir import WorkDir
+
+BASE = {
+    "width": 64,
+    "height": 64,
+    "window": 3.56,
+    "overlap": 1.64,
+    "model": "tiny",
+    "device": "cpu",
+    "dtype": "float32",
+    "preset": "ultrafast",
+    "sigmas": (1.0, 0.421875, 0.0),
+}
+OV_LAT, NEW_LAT, WIN_PX = 6, 6, 89
+SCHEDULE = """\
+subject: A singer in a green jacket
+negative: blurry, flickering
+schedule:
+  - {at: "0:00", prompt: is singing softly}
+  - {at: "0:02", prompt: is raising one hand}
+  - {at: "0:03.8", prompt: is turning towards the light}
+"""
+PROMPTS = [
+    "A singer in a green jacket is singing softly",
+    "A singer in a green jacket is raising one hand",
+    "A singer in a green jacket is turning towards the light",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    song: Path
+    image: Path
+    schedule: Path
+
+
+def make_inputs(folder: Path, seconds: float, schedule: str = SCHEDULE) -> Inputs:
+    """A synthetic song of `seconds`, a hero image and a schedule in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    song = demo.write_wav(folder / "song.wav", demo.song(seconds))
+    image = folder / "hero.png"
+    demo.hero_image(96, 80).save(image)
+    (folder / "schedule.yaml").write_text(schedule)
+    return Inputs(song, image, folder / "schedule.yaml")
+
+
+def render_song(
+    inputs: Inputs,
+    output: Path,
+    *,
+    on_window: Callable[[int], None] | None = None,
+    resume: bool = True,
+    only_windows: str | None = None,
+    work_dir: Path | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Plan, prepare and render as `audioloop render` does, with BASE settings plus overrides."""
+    settings = Settings(**{**BASE, **overrides})
+    planned = plan_song(inputs.song, inputs.schedule, settings)
+    request = RenderRequest(
+        song=inputs.song,
+        image=inputs.image,
+        schedule=planned["schedule"],
+        plan=planned["plan"],
+        prompts=planned["prompts"],
+        settings=settings,
+        output=output,
+        work_dir=work_dir,
+        resume=resume,
+        only_windows=only_windows,
+    )
+    return render(prepare(request), on_window=on_window)
+
+
+def frames_of(path: Path) -> np.ndarray:
+    """Every video frame of a file as RGB [F, H, W, 3]."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def window_latents(work: Path) -> list[torch.Tensor]:
+    """Every stored window's latents, in order."""
+    store = WorkDir(work)
+    return [store.load(i) for i in range(store.stored())]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AUDIOLOOP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
+    return make_inputs(tmp_path_factory.mktemp("inputs"), 6.4)
+
+
+@pytest.fixture(scope="module")
+def reference(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """An uninterrupted 3-window render to .mkv (sample-exact audio) and its sidecar."""
+    output = tmp_path_factory.mktemp("reference") / "video.mkv"
+    return output, render_song(inputs, output)
+
+
+@pytest.fixture
+def sampled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The index of every window the loop samples (window i samples with seed 0 + i)."""
+    import audioloop.render
+
+    calls: list[int] = []
+    real = audioloop.render.sample_window
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(kwargs["seed"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(audioloop.render, "sample_window", counting)
+    return calls
+
+
+# Decode spans: pure arithmetic
+
+
+def plan_of(seconds: float, **geometry: float) -> Plan:
+    geometry = {"fps": 25.0, "width": 64, "height": 64, "window_s": 3.56, "overlap_s": 1.64, **geometry}
+    return make_plan(seconds, **geometry)
+
+
+def test_frame_and_latent_mapping_is_causal() -> None:
+    assert [latent_of(f) for f in (0, 1, 8, 9, 16, 17)] == [0, 1, 1, 2, 2, 3]
+    assert [first_frame(k) for k in (0, 1, 2, 12)] == [0, 1, 9, 89]
+    assert decoded_frames(12) == 89
+
+
+def test_decode_spans_of_a_three_window_render() -> None:
+    plan = plan_of(6.4)
+    assert window_ends(plan) == (12, 18, 24)
+    assert decode_spans(plan, 8) == (
+        DecodeSpan(window=0, start=0, end=12, emit_start=0, emit_end=25),
+        DecodeSpan(window=1, start=0, end=18, emit_start=25, emit_end=73),
+        DecodeSpan(window=2, start=2, end=24, emit_start=73, emit_end=160),
+    )
+    assert decode_margin(plan) == 8
+    assert frame_budget(plan) == 178
+    assert queue_limit(plan, decode_spans(plan, 8)) == 178 - 169
+
+
+def test_decode_spans_at_the_default_geometry() -> None:
+    plan = plan_of(210.0, width=832, height=480, window_s=19.88, overlap_s=2.0)
+    spans = decode_spans(plan, decode_margin(plan))
+    assert decode_margin(plan) == 8
+    assert spans[:2] == (DecodeSpan(0, 0, 63, 0, 433), DecodeSpan(1, 47, 119, 433, 881))
+    assert max(span.frames for span in spans) == 569
+    assert queue_limit(plan, spans) == 2 * 497 - 569
+
+
+def test_a_short_window_shrinks_the_margin_to_keep_two_windows_of_frames() -> None:
+    plan = plan_of(4.0, window_s=1.32, overlap_s=0.36)
+    assert (plan.win_lat, plan.ov_lat) == (5, 2)
+    assert decode_margin(plan) == 3
+    assert (
+        max(s.frames for s in decode_spans(plan, 3))
+        < frame_budget(plan)
+        <= max(s.frames for s in decode_spans(plan, 4))
+    )
+
+
+def test_a_single_window_render_is_one_span() -> None:
+    plan = plan_of(1.0)
+    assert decode_spans(plan, 8) == (DecodeSpan(0, 0, plan.windows[0].lat_frames, 0, 25),)
+
+
+def test_margin_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        decode_spans(plan_of(6.4), 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    fps=st.sampled_from([8.0, 24.0, 25.0, 30.0, 24000 / 1001]),
+    window_s=st.floats(0.4, 20.0),
+    overlap_fraction=st.floats(0.01, 0.95),
+    seconds=st.floats(0.2, 200.0),
+    margin=st.integers(1, 12),
+)
+def test_decode_spans_emit_every_frame_exactly_once_with_margin(
+    fps: float, window_s: float, overlap_fraction: float, seconds: float, margin: int
+) -> None:
+    try:
+        plan = plan_of(seconds, fps=fps, window_s=window_s, overlap_s=window_s * overlap_fraction)
+    except (SettingsError, InputError):
+        reject()
+    ends = window_ends(plan)
+    spans = decode_spans(plan, margin)
+    emitted = [f for span in spans for f in range(span.emit_start, span.emit_end)]
+    assert emitted == list(range(plan.total_frames))
+    for span in spans:
+        last = span.window == len(plan.windows) - 1
+        assert span.end == ends[span.window]
+        assert span.start == 0 or latent_of(span.emit_start) - span.start >= margin
+        assert last or span.end - latent_of(span.emit_end - 1) > margin
+        assert span.offset >= 0 and span.offset + span.emit_end - span.emit_start <= span.frames
+    chosen = decode_margin(plan)
+    assert max(s.frames for s in decode_spans(plan, chosen)) < frame_budget(plan)
+
+
+def test_latent_stream_puts_every_frame_where_its_latent_is() -> None:
+    """A stand-in decoder paints each decoded frame with its latent's value; the timeline index comes out."""
+    plan = plan_of(12.0)
+    spans = decode_spans(plan, 4)
+    decoded: list[int] = []
+    out: list[torch.Tensor] = []
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        decoded.append(z.shape[2])
+        index = torch.tensor([latent_of(d) for d in range(decoded_frames(z.shape[2]))])
+        return z[0, 0, index, 0, 0]
+
+    stream = LatentStream(plan, spans, decode, out.append)
+    for window in plan.windows:
+        offset = window.index * plan.new_lat
+        stream.push(
+            window.index, torch.arange(offset, offset + window.lat_frames).float().view(1, 1, -1, 1, 1)
+        )
+    frames = torch.cat(out)
+    assert frames.tolist() == [latent_of(f) for f in range(plan.total_frames)]
+    assert decoded == [s.end - s.start for s in spans]
+
+
+def test_latent_stream_refuses_windows_out_of_order() -> None:
+    plan = plan_of(12.0)
+    stream = LatentStream(plan, decode_spans(plan, 4), lambda z: z, lambda f: None)
+    with pytest.raises(ValueError, match="gap"):
+        stream.push(2, torch.zeros(1, 1, 12, 1, 1))
+
+
+# Settings and paths
+
+
+def test_steps_keep_the_first_sigma_and_the_last_ones() -> None:
+    distilled = Settings().sigmas
+    assert step_sigmas(distilled, 8) == distilled
+    assert step_sigmas(distilled, 4) == (1.0, 0.909375, 0.725, 0.421875, 0.0)
+    assert step_sigmas(distilled, 1) == (1.0, 0.0)
+    for steps in (0, 9):
+        with pytest.raises(SettingsError, match="--steps"):
+            step_sigmas(distilled, steps)
+
+
+def test_output_defaults_next_to_the_song_and_never_overwrites_an_input(tmp_path: Path) -> None:
+    song = tmp_path / "track.flac"
+    assert output_path(song, None, [song]) == tmp_path / "track.mp4"
+    assert output_path(song, tmp_path / "x.MKV", [song]) == tmp_path / "x.MKV"
+    with pytest.raises(InputError, match=r"unsupported output type '\.avi'"):
+        output_path(song, tmp_path / "x.avi", [song])
+    video_song = tmp_path / "live.mp4"
+    with pytest.raises(InputError, match="would overwrite an input"):
+        output_path(video_song, None, [video_song])
+
+
+def test_not_enough_disk_stops_before_any_model_loads(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("audioloop.render.load_components", pytest.fail)
+    monkeypatch.setattr("audioloop.job.shutil.disk_usage", lambda path: SimpleNamespace(free=1000))
+    with pytest.raises(InputError, match="MB free, the render needs about"):
+        render_song(inputs, tmp_path / "v.mp4")
+
+
+# The window chain
+
+
+def test_three_window_render_has_the_planned_frames_and_the_song_audio(
+    inputs: Inputs, reference: tuple[Path, dict[str, Any]]
+) -> None:
+    output, sidecar = reference
+    assert len(sidecar["windows"]) == 3
+    total = math.floor(6.4 * 25)
+    with av.open(str(output)) as container:
+        video = container.streams.video[0]
+        assert (video.width, video.height, video.average_rate) == (64, 64, 25)
+        audio = np.concatenate([f.to_ndarray().reshape(-1, 2).T for f in container.decode(audio=0)], axis=1)
+    assert frames_of(output).shape == (total, 64, 64, 3)
+    song = read_source_audio(inputs.song, 0.0, 6.4)
+    assert audio.dtype == song.samples.dtype
+    np.testing.assert_array_equal(audio, song.samples)
+
+
+def test_each_window_renders_the_prompt_the_schedule_gives_it(reference: tuple[Path, dict[str, Any]]) -> None:
+    output, sidecar = reference
+    assert [w["prompt"] for w in sidecar["windows"]] == PROMPTS
+    assert [w["schedule_entry"] for w in sidecar["windows"]] == [0, 1, 2]
+    manifest = WorkDir(Path(f"{output}.work"))
+    assert [manifest._entries[i]["prompt"] for i in range(3)] == PROMPTS
+
+
+def test_each_windows_frozen_context_is_the_previous_windows_last_latents(
+    reference: tuple[Path, dict[str, Any]],
+) -> None:
+    output, _ = reference
+    windows = window_latents(Path(f"{output}.work"))
+    assert len(windows) == 3 and all(w.shape == (1, 8, 12, 2, 2) for w in windows)
+    for before, after in itertools.pairwise(windows):
+        assert torch.equal(after[:, :, :OV_LAT], before[:, :, -OV_LAT:])
+        assert not torch.equal(after[:, :, OV_LAT:], before[:, :, OV_LAT:])
+
+
+def test_an_interrupted_render_resumes_without_sampling_finished_windows_again(
+    inputs: Inputs, reference: tuple[Path, dict[str, Any]], tmp_path: Path, sampled: list[int]
+) -> None:
+    output = tmp_path / "video.mkv"
+
+    def stop_after_window_1(index: int) -> None:
+        if index == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted, match=r"windows 0–1 are saved in .*video.mkv.work; no video was written"):
+        render_song(inputs, output, on_window=stop_after_window_1)
+    assert sampled == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mkv.work"]
+    assert WorkDir(tmp_path / "video.mkv.work").stored() == 2
+
+    sampled.clear()
+    sidecar = render_song(inputs, output)
+    assert sampled == [2]
+    assert sidecar["resumed_from"] == 2
+    assert [w["sampled"] for w in sidecar["windows"]] == [False, False, True]
+    np.testing.assert_array_equal(frames_of(output), frames_of(reference[0]))
+
+    sampled.clear()
+    render_song(inputs, output)
+    assert sampled == []
+    np.testing.assert_array_equal(frames_of(output), frames_of(reference[0]))
+
+
+def test_a_changed_prompt_re_renders_from_its_window(
+    inputs: Inputs, reference: tuple[Path, dict[str, Any]], tmp_path: Path, sampled: list[int]
+) -> None:
+    output, before = reference
+    work = shutil.copytree(f"{output}.work", tmp_path / "work")
+    edited = make_inputs(tmp_path / "edited", 6.4, SCHEDULE.replace("turning towards", "stepping into"))
+    after = render_song(edited, tmp_path / "video.mkv", work_dir=work)
+    assert sampled == [2]
+    fingerprints = [[w["fingerprint"] for w in s["windows"]] for s in (before, after)]
+    assert fingerprints[0][:2] == fingerprints[1][:2] and fingerprints[0][2] != fingerprints[1][2]
+    assert after["windows"][2]["prompt"] == PROMPTS[2].replace("turning towards", "stepping into")
+
+
+def test_only_windows_reuses_earlier_windows_as_they_are_and_re_renders_the_rest(
+    inputs: Inputs, reference: tuple[Path, dict[str, Any]], tmp_path: Path, sampled: list[int]
+) -> None:
+    output, _ = reference
+    work = shutil.copytree(f"{output}.work", tmp_path / "work")
+    window_0 = WorkDir(work).load(0)
+    sidecar = render_song(inputs, tmp_path / "video.mp4", work_dir=work, only_windows="1", seed=7)
+    assert sampled == [8, 9]
+    assert [w["sampled"] for w in sidecar["windows"]] == [False, True, True]
+    assert torch.equal(WorkDir(work).load(0), window_0)
+
+    WorkDir(work).window_path(0).unlink()
+    with pytest.raises(InputError, match="window 0 is missing or unreadable"):
+        render_song(inputs, tmp_path / "video.mp4", work_dir=work, only_windows="2")
+    with pytest.raises(SettingsError, match="window 3 does not exist"):
+        render_song(inputs, tmp_path / "video.mp4", work_dir=work, only_windows="3")
+
+
+def test_pixel_context_re_encodes_the_decoded_tail_of_the_previous_window(
+    inputs: Inputs, tmp_path: Path
+) -> None:
+    render_song(inputs, tmp_path / "video.mp4", context="pixel", adain=0.0)
+    windows = window_latents(tmp_path / "video.mp4.work")
+    vae = tiny_video_vae()
+    for before, after in itertools.pairwise(windows):
+        tail = decode_video(vae, before)[-(8 * (OV_LAT - 1) + 1) :]
+        torch.testing.assert_close(after[:, :, :OV_LAT], encode_frames(vae, tail))
+        assert not torch.allclose(after[:, :, :OV_LAT], before[:, :, -OV_LAT:])
+
+
+# Memory and seams
+
+
+def test_six_windows_never_hold_more_than_two_windows_of_decoded_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import audioloop.render
+
+    decoded: list[int] = []
+    real_decode, real_encode = audioloop.render.decode_video, VideoWriter._encode_frames
+
+    def recording(vae: Any, z: torch.Tensor) -> torch.Tensor:
+        frames = real_decode(vae, z)
+        decoded.append(len(frames))
+        return frames
+
+    def slow(self: VideoWriter, piece: np.ndarray) -> None:
+        time.sleep(0.001 * len(piece))
+        real_encode(self, piece)
+
+    monkeypatch.setattr(audioloop.render, "decode_video", recording)
+    monkeypatch.setattr(VideoWriter, "_encode_frames", slow)
+    sidecar = render_song(make_inputs(tmp_path, 12.0), tmp_path / "video.mp4", sigmas=(1.0, 0.0))
+    peak = sidecar["decode"]["writer_peak_queued_frames"]
+    assert len(sidecar["windows"]) == 6 and len(decoded) == 6
+    assert decoded == [span["frames"] for span in sidecar["decode"]["spans"]]
+    assert max(decoded) <= WIN_PX + 16 * sidecar["decode"]["margin"]
+    assert 0 < peak <= sidecar["decode"]["writer_max_queued_frames"]
+    assert max(decoded) + peak <= 2 * WIN_PX
+
+
+def smooth_sampler(new_lat: int) -> Callable[..., torch.Tensor]:
+    """A stand-in for sample_window: generated latents are a smooth function of their time on the song's
+    latent timeline (frozen context stays as given), so any seam in the video comes from the loop itself."""
+
+    def sample(transformer: Any, layout: Any, *args: Any, seed: int, **kwargs: Any) -> torch.Tensor:
+        clean = unpack_video(
+            layout.clean[:, : layout.n_window_tokens], layout.frames, layout.height, layout.width
+        )
+        t = (seed * new_lat + torch.arange(layout.frames)).float().view(1, 1, -1, 1, 1)
+        channel = torch.arange(clean.shape[1]).float().view(1, -1, 1, 1, 1)
+        y = torch.arange(layout.height).float().view(1, 1, 1, -1, 1)
+        smooth = 1.5 * torch.sin(2 * math.pi * t / 30 + channel + 0.7 * y)
+        smooth = smooth.expand_as(clean)
+        frozen = layout.context_frames if seed else 0  # window 0's image latent would be a cut of its own
+        return torch.cat([clean[:, :, :frozen], smooth[:, :, frozen:]], dim=2)
+
+    return sample
+
+
+def seam_ratios(frames: np.ndarray, cuts: list[int]) -> list[float]:
+    """Per cut: the largest lag-8 frame difference just after it over the median one nearby, away from cuts.
+
+    Frames eight apart are compared because the VAE turns each latent into eight frames with a pattern of
+    their own, which makes even smooth video differ a lot from one frame to the next.
+    """
+    video = frames.astype(np.float64)
+    lag8 = np.full(len(video), np.nan)
+    lag8[8:] = np.abs(video[8:] - video[:-8]).mean(axis=(1, 2, 3))
+    near = {f for cut in cuts for f in range(cut - 8, cut + 16)}
+    ratios = []
+    for cut in cuts:
+        nearby = [lag8[f] for f in range(max(16, cut - 48), min(len(frames), cut + 56)) if f not in near]
+        ratios.append(float(lag8[cut : cut + 8].max() / np.median(nearby)))
+    return ratios
+
+
+@pytest.mark.parametrize("margin", [None, 1])
+def test_window_boundaries_and_decode_cuts_show_no_seam(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, margin: int | None
+) -> None:
+    """With the chosen margin the streamed frames are a whole-song decode and no cut stands out; a 1-latent
+    margin (the check's control) makes every cut stand out."""
+    import audioloop.render
+
+    streamed: list[np.ndarray] = []
+    real_write = VideoWriter.write
+    monkeypatch.setattr(
+        VideoWriter, "write", lambda self, f: (streamed.append(f.numpy().copy()), real_write(self, f))
+    )
+    monkeypatch.setattr(audioloop.render, "sample_window", smooth_sampler(NEW_LAT))
+    if margin is not None:
+        monkeypatch.setattr("audioloop.job.decode_margin", lambda plan: margin)
+    output = tmp_path / "video.mkv"
+    sidecar = render_song(make_inputs(tmp_path, 12.0), output, adain=0.0, crf=0)
+    boundaries = [w["keep_start"] for w in sidecar["windows"][1:]]
+    cuts = sorted({*boundaries, *(s["emit_start"] for s in sidecar["decode"]["spans"][1:])})
+    ratios = seam_ratios(frames_of(output), cuts)
+    if margin is not None:
+        assert min(ratios) > 2.0, ratios
+        return
+    assert max(ratios) < 2.0, ratios
+    windows = window_latents(tmp_path / "video.mkv.work")
+    timeline = torch.cat([windows[0], *(w[:, :, OV_LAT:] for w in windows[1:])], dim=2)
+    whole = decode_video(tiny_video_vae(), timeline)[: len(np.concatenate(streamed))].numpy()
+    assert np.abs(np.concatenate(streamed).astype(int) - whole).max() <= 1
+
+
+# Failures
+
+
+def test_non_finite_latents_stop_at_the_window_and_keep_the_earlier_ones(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import audioloop.render
+
+    real = audioloop.render.sample_window
+
+    def nan_in_window_1(*args: Any, **kwargs: Any) -> torch.Tensor:
+        latents = real(*args, **kwargs)
+        return latents.fill_(float("nan")) if kwargs["seed"] == 1 else latents
+
+    monkeypatch.setattr(audioloop.render, "sample_window", nan_in_window_1)
+    with pytest.raises(
+        RenderError, match=r"window 1: the sampled latents contain NaN or inf \(window 0 is kept"
+    ):
+        render_song(inputs, tmp_path / "video.mp4")
+    assert WorkDir(tmp_path / "video.mp4.work").stored() == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4.work"]
+
+
+def test_out_of_memory_names_the_settings_to_lower(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr("audioloop.render.sample_window", out_of_memory)
+    with pytest.raises(
+        RenderError, match=r"out of GPU memory during sampling .*lower --width/--height or --window"
+    ):
+        render_song(inputs, tmp_path / "video.mp4")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4.work"]
