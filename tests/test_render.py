@@ -35,14 +35,14 @@ from audioloop.decode import (
     queue_limit,
     window_ends,
 )
-from audioloop.errors import InputError, RenderError, SettingsError
+from audioloop.errors import InputError, Interrupted, RenderError, SettingsError
 from audioloop.job import RenderRequest, output_path, prepare, step_sigmas
 from audioloop.media.audio import read_source_audio
 from audioloop.media.writer import VideoWriter
 from audioloop.models.latents import decode_video, encode_frames
 from audioloop.models.tiny import tiny_video_vae
 from audioloop.plan import Plan, make_plan
-from audioloop.render import Interrupted, render
+from audioloop.render import render
 from audioloop.sampling.layout import unpack_video
 from audioloop.workdir import WorkDir
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from audioloop import __version__
 from audioloop.config import Settings, load_settings
-from audioloop.errors import AudioloopError, InputError
+from audioloop.errors import AudioloopError, InputError, Interrupted
 
 app = typer.Typer(
     add_completion=False,
@@ -61,7 +61,7 @@ def run_or_exit(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[bold red]error:[/] interrupted before anything was written")
-        raise typer.Exit(130) from None  # 128 + SIGINT, as render.Interrupted once windows are rendering
+        raise typer.Exit(Interrupted.exit_code) from None
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:

@@ -23,3 +23,9 @@ class RenderError(AudioloopError):
     """Rendering stopped (non-finite latents, out of memory, ...); the work dir is kept (exit 3)."""
 
     exit_code = 3
+
+
+class Interrupted(AudioloopError):
+    """Ctrl-C: finished windows stay in the work dir, no output is written (exit 130 = 128 + SIGINT)."""
+
+    exit_code = 130

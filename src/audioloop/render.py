@@ -23,7 +23,7 @@ from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor
 
 from audioloop.decode import LatentStream, queue_limit
-from audioloop.errors import AudioloopError, RenderError
+from audioloop.errors import Interrupted, RenderError
 from audioloop.job import Job, audio_slice
 from audioloop.media.audio import log_mel
 from audioloop.media.writer import VideoWriter
@@ -42,12 +42,6 @@ from audioloop.workdir import cache_dir, finite_latents, write_json
 # pixel-context VAE encodes; mux: time the loop waits on the writer (whose thread encodes in parallel) and its
 # final flush.
 STAGES = ("load", "text", "encode", "sampling", "decode", "mux")
-
-
-class Interrupted(AudioloopError):
-    """Ctrl-C during a render: finished windows stay in the work dir, no output is written (exit 130)."""
-
-    exit_code = 130
 
 
 class Clock:
