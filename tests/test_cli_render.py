@@ -144,7 +144,7 @@ def test_a_missing_input_exits_1_with_one_line_before_any_model_loads(
         (["--only-windows", "1", "--no-resume"], 2, "drop --no-resume"),
         (["--only-windows", "1"], 1, "window 0 is missing or unreadable"),
         (["-o", "video.avi"], 1, "unsupported output type '.avi'"),
-        (["--crf", "60"], 2, "--crf 60 is out of range"),
+        (["--crf", "60"], 2, "--crf: crf 60 is out of range"),
     ],
 )
 def test_bad_flags_and_impossible_settings_exit_before_any_model_loads(

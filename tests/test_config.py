@@ -56,6 +56,8 @@ def test_hyphenated_keys_are_accepted(tmp_path):
         ("widht: 640\n", r"unknown setting 'widht' \(did you mean 'width'\?\)"),
         ("width: wide\n", "width must be a int"),
         ("nag: 1\n", "nag must be true or false"),
+        ("crf: 52\n", "crf 52 is out of range; use 0 to 51"),
+        ("image_crf: -1\n", "image_crf -1 is out of range; use 0 to 51"),
         ("context: pixels\n", "context must be one of latent, pixel"),
         ("sigmas: [1, a]\n", "sigmas must be a list of numbers"),
         ("- a\n- b\n", "expected a mapping"),

@@ -55,6 +55,8 @@ class Settings:
 
 _FIELDS = {f.name: f for f in fields(Settings)}
 _TUPLE_FIELDS = {"sigmas", "per_step_adain"}
+MAX_CRF = 51  # x264's worst quality; 0 is lossless (output) or no round trip (image)
+_RANGES = {"crf": (0, MAX_CRF), "image_crf": (0, MAX_CRF)}
 _CHOICES = {
     "context": ("latent", "pixel"),
     "dtype": ("bfloat16", "float16", "float32"),
@@ -91,6 +93,9 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
     if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if kind is int and isinstance(value, int) and not isinstance(value, bool):
+        low, high = _RANGES.get(name, (value, value))
+        if not low <= value <= high:
+            raise SettingsError(f"{origin}: {name} {value} is out of range; use {low} to {high}")
         return value
     if kind is str and isinstance(value, str):
         choices = _CHOICES.get(name)

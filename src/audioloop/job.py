@@ -42,7 +42,6 @@ from audioloop.workdir import (
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 VIDEO_BITS_PER_PIXEL = 1.0  # H.264 at CRF 18 spends ~0.1–0.3 bits per pixel on video; 1 leaves room for grain
-MAX_CRF = 51
 LATENT_CHANNELS = 128  # LTX-2.3's latent channels: the disk estimate never needs the model loaded
 
 
@@ -123,12 +122,6 @@ def sampler_settings(settings: Settings) -> SamplerSettings:
         )
     except ValueError as exc:
         raise SettingsError(f"--sigmas: {exc}; e.g. 1,0.909375,0.725,0.421875,0") from None
-
-
-def check_encoder(settings: Settings) -> None:
-    """Refuse an output CRF x264 does not have (the preset is checked with the settings)."""
-    if not 0 <= settings.crf <= MAX_CRF:
-        raise SettingsError(f"--crf {settings.crf} is out of range; use 0 (lossless) to {MAX_CRF}, e.g. 18")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -245,7 +238,6 @@ def prepare(request: RenderRequest) -> Job:
     """Check and load every input, decide where to resume and how to decode; never touches a model."""
     settings, plan = request.settings, request.plan
     sampler = sampler_settings(settings)
-    check_encoder(settings)
     device, dtype = resolve_device(settings.device), DTYPES[settings.dtype]
     count = len(plan.windows)
     only = parse_windows(request.only_windows, count) if request.only_windows is not None else ()

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from audioloop.config import MAX_CRF
 from audioloop.errors import InputError
 
 ALPHA_BACKGROUND = (128, 128, 128)
@@ -15,7 +16,6 @@ ALPHA_BACKGROUND = (128, 128, 128)
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # "I": how Pillow opens some 16-bit TIFF/PGM
 _SIXTEEN_BIT_TO_EIGHT = 257
-_MAX_CRF = 51
 _H264_PRESET = "veryfast"
 
 
@@ -37,8 +37,8 @@ def crf_roundtrip(rgb: np.ndarray, crf: int) -> np.ndarray:
     """One libx264 yuv420p encode/decode of [H, W, 3] uint8 (0: off); a pristine image freezes LTX's start."""
     if crf == 0:
         return rgb
-    if not 0 < crf <= _MAX_CRF:
-        raise InputError(f"image CRF {crf} is out of range; use 0 (no round trip) to {_MAX_CRF}")
+    if not 0 < crf <= MAX_CRF:
+        raise InputError(f"image CRF {crf} is out of range; use 0 (no round trip) to {MAX_CRF}")
     height, width = rgb.shape[:2]
     even = np.pad(rgb, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
     return _h264_decode(_h264_encode(even, crf))[:height, :width]

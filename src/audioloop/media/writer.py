@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
 
+from audioloop.config import MAX_CRF
 from audioloop.errors import InputError, SettingsError
 from audioloop.media.audio import SourceAudio
 
@@ -103,8 +104,8 @@ class VideoWriter:
             raise ValueError(
                 f"need fps, total_frames, max_queued_frames > 0: {fps}, {total_frames}, {max_queued_frames}"
             )
-        if not 0 <= crf <= 51:
-            raise SettingsError(f"crf {crf} is out of range; use 0 (lossless) to 51 (worst), 18 by default")
+        if not 0 <= crf <= MAX_CRF:
+            raise SettingsError(f"crf {crf} is out of range; use 0 (lossless) to {MAX_CRF} (worst)")
         if preset not in X264_PRESETS:
             raise SettingsError(f"unknown x264 preset {preset!r}; use one of {', '.join(X264_PRESETS)}")
 
