@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import torch
 from accelerate import init_empty_weights
-from diffusers import LTX2VideoTransformer3DModel
+from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
+from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
 from torch import nn
+from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+from audioloop.models.load import Components
+from audioloop.models.tiny import tiny_tokenizer
 
 TRANSFORMER_2_3 = dict(
     in_channels=128,
@@ -66,3 +71,93 @@ def build(cls: type[nn.Module], config: dict, device: str, dtype: torch.dtype, s
 def transformer(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> LTX2VideoTransformer3DModel:
     """The 48-layer LTX-2.3 joint audio-video transformer (18.99 B parameters)."""
     return build(LTX2VideoTransformer3DModel, TRANSFORMER_2_3, device, dtype)
+
+
+VIDEO_VAE_2_3 = dict(
+    latent_channels=128,
+    block_out_channels=(256, 512, 1024, 1024),
+    layers_per_block=(4, 6, 4, 2, 2),
+    decoder_block_out_channels=(256, 512, 512, 1024),
+    decoder_layers_per_block=(4, 6, 4, 2, 2),
+    spatio_temporal_scaling=(True, True, True, True),
+    decoder_spatio_temporal_scaling=(True, True, True, True),
+    decoder_inject_noise=(False, False, False, False, False),
+    downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
+    upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
+    upsample_residual=(False, False, False, False),
+    upsample_factor=(2, 2, 1, 2),
+    patch_size=4,
+    encoder_causal=True,
+    decoder_causal=False,
+    decoder_spatial_padding_mode="zeros",
+    spatial_compression_ratio=32,
+    temporal_compression_ratio=8,
+)
+
+CONNECTORS_2_3 = dict(
+    caption_channels=3840,
+    text_proj_in_factor=49,
+    video_connector_num_attention_heads=32,
+    video_connector_attention_head_dim=128,
+    video_connector_num_layers=8,
+    video_connector_num_learnable_registers=128,
+    video_gated_attn=True,
+    audio_connector_num_attention_heads=32,
+    audio_connector_attention_head_dim=64,
+    audio_connector_num_layers=8,
+    audio_connector_num_learnable_registers=128,
+    audio_gated_attn=True,
+    rope_type="split",
+    per_modality_projections=True,
+    video_hidden_dim=4096,
+    audio_hidden_dim=2048,
+    proj_bias=True,
+)
+
+
+def gemma3_12b_config(vocab_size: int = 262_208) -> Gemma3Config:
+    """Gemma 3 12B (the LTX-2.3 text encoder): 48 layers, hidden 3840, with its SigLIP vision tower."""
+    return Gemma3Config(
+        text_config=Gemma3TextConfig(
+            vocab_size=vocab_size,
+            hidden_size=3840,
+            intermediate_size=15_360,
+            num_hidden_layers=48,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=256,
+            sliding_window=1024,
+        ),
+        vision_config=SiglipVisionConfig(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            image_size=896,
+            patch_size=14,
+        ),
+        mm_tokens_per_image=256,
+    )
+
+
+def components(device: str = "cuda", dtype: torch.dtype = torch.bfloat16) -> Components:
+    """A full-size LTX-2.3 `Components` with random weights and the real load order: Gemma and the
+    transformer are built on first use. The tokenizer is the tiny in-memory one (ids only index rows)."""
+    video_vae = build(AutoencoderKLLTX2Video, VIDEO_VAE_2_3, device, dtype, seed=1)
+    audio_vae = build(AutoencoderKLLTX2Audio, {}, device, dtype, seed=2)
+    connectors = build(LTX2TextConnectors, CONNECTORS_2_3, device, dtype, seed=3)
+    return Components(
+        model_id="fullsize-random",
+        revision="fullsize-random-2.3",
+        video_vae=video_vae,
+        audio_vae=audio_vae,
+        connectors=connectors,
+        tokenizer=tiny_tokenizer(),
+        load_transformer=lambda: transformer(device, dtype),
+        load_text_encoder=lambda: build(
+            Gemma3ForConditionalGeneration, {"config": gemma3_12b_config()}, device, dtype
+        ),
+        max_sequence_length=1024,
+        device=torch.device(device),
+        dtype=dtype,
+    )

@@ -1,0 +1,126 @@
+"""A whole song through `audioloop render` with the full-size LTX-2.3 architecture and random weights.
+
+The real render path (prepare → render: text once, audio/image encode, window chain, streaming decode,
+H.264 encode and mux), with `load_components` swapped for `fullsize.components()`. Reports total wall time,
+its split by stage, seconds per window, peak GPU memory and peak host RAM. "load" is building random
+weights here (not reading 60 GB from disk), so it is reported but left out of the overhead figure.
+
+    python bench/song.py --out $OUT                       # 3:30 at 832x480, 8 steps
+    python bench/song.py --out /tmp/x --tiny --seconds 6  # CPU smoke test of this script
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import fullsize
+from audioloop import demo, job, render
+from audioloop.cli import plan_song
+from audioloop.config import load_settings
+from audioloop.job import RenderRequest, prepare
+from audioloop.progress import RenderProgress
+
+ROOT = Path(__file__).resolve().parents[1]
+GiB = 2**30
+
+
+def inputs(folder: Path, seconds: float) -> tuple[Path, Path, Path]:
+    """A synthetic song of `seconds`, the demo hero image and the 3:30 example schedule."""
+    song = demo.write_wav(folder / "song.wav", demo.song(seconds))
+    image = folder / "hero.png"
+    demo.hero_image(1280, 720).save(image)
+    return song, image, ROOT / "prompts" / "indie_ballad.yaml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=210.0)
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="audioloop-song-"))
+    os.environ["AUDIOLOOP_CACHE_DIR"] = str(work / "cache")  # a cold text cache: the text stage really runs
+
+    if args.tiny:
+        settings = load_settings(ROOT / "configs" / "tiny.yaml", {"preset": "medium"})
+    else:
+        model = "fullsize-random"
+        job.model_revision = lambda _: "fullsize-random-2.3"
+        render.load_components = lambda *_, **__: fullsize.components("cuda", torch.bfloat16)
+        flags = {"model": model, "device": "cuda", "dtype": "bfloat16", "width": args.width}
+        settings = load_settings(None, {**flags, "height": args.height})
+
+    song, image, schedule = inputs(work, args.seconds)
+    planned = plan_song(song, schedule, settings)
+    request = RenderRequest(
+        song=song,
+        image=image,
+        schedule=planned["schedule"],
+        plan=planned["plan"],
+        prompts=planned["prompts"],
+        settings=settings,
+        output=work / "song.mp4",
+        work_dir=None,
+        resume=False,
+        only_windows=None,
+    )
+    began = time.perf_counter()
+    prepared = prepare(request)
+    prepare_s = time.perf_counter() - began
+    marks: list[float] = []
+    began = time.perf_counter()
+    document = render.render(
+        prepared, RenderProgress(), on_window=lambda _: marks.append(time.perf_counter())
+    )
+    wall = time.perf_counter() - began
+
+    timings = document["timings"]
+    per_window = [b - a for a, b in zip([began, *marks], marks, strict=False)]
+    overhead = wall - timings["load"] - timings["sampling"]
+    results = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "song_seconds": args.seconds,
+        "shape": f"{args.width}x{args.height}",
+        "windows": len(prepared.request.plan.windows),
+        "frames": prepared.request.plan.total_frames,
+        "steps": len(settings.sigmas) - 1,
+        "prepare_s": prepare_s,
+        "render_wall_s": wall,
+        "timings": timings,
+        "wall_without_load_s": wall - timings["load"],
+        "overhead_s": overhead,
+        "overhead_pct_of_wall_without_load": 100 * overhead / (wall - timings["load"]),
+        "per_window_s": per_window,
+        "peak_gpu_gib": torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else 0.0,
+        "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "output_bytes": Path(document["output"]).stat().st_size,
+    }
+    (args.out / "song.json").write_text(json.dumps(results, indent=2))
+    json.dump(results, sys.stdout, indent=2)
+    share = results["overhead_pct_of_wall_without_load"]
+    load = timings["load"]
+    print(f"\n{results['gpu']}: {args.seconds:.0f} s song, {results['windows']} windows")
+    print(f"render wall {wall:.1f} s, load {load:.1f} s, without load {wall - load:.1f} s")
+    for stage in ("text", "encode", "sampling", "decode", "mux"):
+        print(f"  {stage:9s} {timings[stage]:8.2f} s")
+    print(f"everything but load and sampling: {overhead:.1f} s = {share:.2f}% of the wall without load")
+    print(f"peak GPU {results['peak_gpu_gib']:.1f} GiB, peak host RSS {results['peak_host_rss_gib']:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
