@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.table import Table
 from audioloop import __version__
 from audioloop.config import Settings, load_settings
 from audioloop.errors import AudioloopError, InputError, Interrupted
+
+if TYPE_CHECKING:
+    from audioloop.upscale_job import UpscaleRequest
 
 app = typer.Typer(
     add_completion=False,
@@ -237,17 +240,30 @@ def render(
     only_windows: Annotated[
         str | None, typer.Option(help="Re-render these windows (e.g. 3,7) and every window after the first.")
     ] = None,
+    sequence_parallel: Annotated[
+        bool,
+        typer.Option(
+            "--sequence-parallel",
+            help="Under torchrun: split every window over the processes (one GPU each); rank 0 writes.",
+        ),
+    ] = False,
+    upscale: Annotated[
+        bool, typer.Option("--upscale", help="Then upscale it 2× as `audioloop upscale` does by default.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing (errors excepted).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Render the music video: sample every window, decode and mux the song as it goes; resumable."""
+    from contextlib import nullcontext
     from dataclasses import replace
 
     from audioloop.job import RenderRequest, prepare, step_sigmas
+    from audioloop.parallel import is_rank0, split_ranks, torchrun_job, torchrun_world
     from audioloop.progress import RenderProgress, RichProgress, silent_libraries
     from audioloop.render import render as render_job
 
-    def body() -> dict[str, Any]:
+    def body() -> dict[str, Any] | None:
+        world = split_ranks(sequence_parallel, torchrun_world())
         flags = dict(width=width, height=height, fps=fps, window=window, overlap=overlap, start=start)
         flags.update(duration=duration, seed=seed, model=model, sigmas=sigmas, nag=nag, nag_scale=nag_scale)
         flags.update(nag_alpha=nag_alpha, nag_tau=nag_tau, adain=adain, adain_per_frame=adain_per_frame)
@@ -269,19 +285,150 @@ def render(
             resume=resume,
             only_windows=only_windows,
         )
-        job = prepare(request)
-        warn([*planned["warnings"], *job.warnings], quiet)
-        if quiet:
-            with silent_libraries():
-                return render_job(job, RenderProgress())
-        return render_job(job, RichProgress(err))
+        job = prepare(request)  # on every rank, before any collective: an input error stops them all alike
+        with torchrun_job(world, job.device) as rank_device:
+            speaks = is_rank0()  # ranks other than 0 print nothing but errors
+            silent = quiet or not speaks
+            warn([*planned["warnings"], *job.warnings], silent)
+            with silent_libraries() if silent else nullcontext():
+                progress = RenderProgress() if silent else RichProgress(err)
+                result = render_job(replace(job, device=rank_device), progress, parallel=world > 1)
+        return result if speaks else None
 
     result = run_or_exit(body)
-    if as_json:
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
-    elif not quiet:
+    if result is None:
+        return
+    if not (as_json or quiet):
         frames, windows = result["plan"]["total_frames"], len(result["windows"])
         err.print(
             f"wrote {result['output']} and its .json sidecar: {frames} frames, {windows} windows, "
             f"{result['timings']['total']:.1f} s"
         )
+    upscaled = None
+    if upscale:
+        from audioloop.upscale_job import UpscaleRequest
+
+        upscaled = run_or_exit(lambda: run_upscale(UpscaleRequest(Path(f"{result['output']}.json")), quiet))
+    if as_json:
+        document = result if upscaled is None else {"render": result, "upscale": upscaled}
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    elif upscaled is not None and not quiet:
+        err.print(upscale_summary(upscaled))
+
+
+@app.command()
+def batch(
+    manifest: Annotated[
+        Path, typer.Argument(help="YAML or CSV: one row per song (song, image, schedule, output, settings).")
+    ],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print failed rows only.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Render every row of a manifest, one song per process under torchrun; finished rows are skipped,
+    unfinished ones resume. Exits 1 if any row failed (the others still render)."""
+    from audioloop.batch import batch_exit_code, batch_json, run_batch, summary_table
+
+    results = run_or_exit(lambda: run_batch(manifest, err, quiet))
+    if results is None:  # ranks other than 0: rank 0 reports every row
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(batch_json(manifest, results), indent=2) + "\n")
+    elif not quiet:
+        Console().print(summary_table(results))
+    raise typer.Exit(batch_exit_code(results))
+
+
+def run_upscale(request: UpscaleRequest, quiet: bool) -> dict[str, Any]:
+    """Prepare and run an upscale, with tile progress on stderr unless quiet; returns its sidecar."""
+    from audioloop.progress import RenderProgress, RichProgress, silent_libraries
+    from audioloop.upscale import upscale as upscale_job
+    from audioloop.upscale_job import prepare_upscale
+
+    job = prepare_upscale(request)
+    warn(job.warnings, quiet)
+    if quiet:
+        with silent_libraries():
+            return upscale_job(job, RenderProgress())
+    return upscale_job(job, RichProgress(err, unit="tile"))
+
+
+def upscale_summary(result: dict[str, Any]) -> str:
+    """The one line `upscale` prints when done."""
+    plan = result["plan"]
+    return (
+        f"wrote {result['output']} and its .json sidecar: {plan['total_frames']} frames at "
+        f"{plan['width']}×{plan['height']}, {len(result['tiles'])} tiles, {result['timings']['total']:.1f} s"
+    )
+
+
+@app.command()
+def upscale(
+    source: Annotated[
+        Path, typer.Argument(help="A finished render: its work dir (OUTPUT.work) or its sidecar OUTPUT.json.")
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Output .mp4/.mkv/.mov (default: the render's OUTPUT as STEM.2x.EXT)."
+        ),
+    ] = None,
+    tile: Annotated[
+        float | None,
+        typer.Option(help="Refinement tile length in seconds (default: the longest within ~32k tokens)."),
+    ] = None,
+    tile_overlap: Annotated[
+        float, typer.Option(help="Seconds of each tile frozen to the previous tile's end (context).")
+    ] = 1.0,
+    sigmas: Annotated[
+        str, typer.Option(help="Refinement sigmas: seed (0.85,0.725,0.4219,0), distilled, or a list.")
+    ] = "distilled",
+    seed: Annotated[
+        int | None, typer.Option(help="Base seed; tile t uses seed + t (default: the render's).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="LTX-2.3 directory or hub id with latent_upsampler/ (default: the render's)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: the render's).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="bfloat16, float16 or float32 (default: the render's).")
+    ] = None,
+    fp8: Annotated[bool, typer.Option("--fp8", help="FP8 transformer matmuls (Ada/Hopper).")] = False,
+    offload: Annotated[
+        bool, typer.Option("--offload", help="Stream transformer blocks from host memory.")
+    ] = False,
+    work_dir: Annotated[
+        Path | None, typer.Option(help="Where finished tiles are kept (default: OUTPUT.work next to it).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume/--no-resume", help="Reuse finished tiles from the work dir.")
+    ] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing (errors excepted).")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upscale a finished render 2× in latent space: upsample its latents, refine them in overlapping tiles
+    against the song, decode and mux; resumable."""
+    from audioloop.upscale_job import UpscaleRequest
+
+    request = UpscaleRequest(
+        source=source,
+        output=output,
+        tile=tile,
+        tile_overlap=tile_overlap,
+        sigmas=sigmas,
+        seed=seed,
+        model=model,
+        device=device,
+        dtype=dtype,
+        work_dir=work_dir,
+        resume=resume,
+        fp8=fp8,
+        offload=offload,
+    )
+    result = run_or_exit(lambda: run_upscale(request, quiet))
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif not quiet:
+        err.print(upscale_summary(result))

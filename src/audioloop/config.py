@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -117,14 +118,20 @@ def read_config(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not valid YAML{where}; fix the syntax") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping of setting: value")
+    return setting_values(raw, str(path))
+
+
+def setting_values(raw: Mapping[Any, Any], origin: str) -> dict[str, Any]:
+    """Checked field values of a mapping of setting: value (a config file, a batch manifest row); unknown
+    keys are errors (typo safety), and `origin` starts every message."""
     values = {}
     for key, value in raw.items():
         name = str(key).replace("-", "_")
         if name not in _FIELDS:
             close = difflib.get_close_matches(name, _FIELDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise InputError(f"{path}: unknown setting {key!r}{hint}")
-        values[name] = _coerce(name, value, str(path))
+            raise InputError(f"{origin}: unknown setting {key!r}{hint}")
+        values[name] = _coerce(name, value, origin)
     return values
 
 

@@ -5,17 +5,25 @@ A sequence of N tokens is split into W contiguous shards of ⌈N/W⌉ tokens (ra
 `all_to_all_single` needs. Gathering concatenates the shards in rank order and trims the pad. The layout
 half of an all-to-all (`chunks_to_send`, `join_received`) is pure tensor math, so it is tested without a
 process group.
+
+A render split over the job needs a little more: whether the launch may split (`split_ranks`), which process
+writes and prints (rank 0), a check that every rank prepared the same job, and rank 0's tensors sent to all.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from audioloop.errors import SettingsError
 
 # NVLink multicast (NVLS) stays off on the lent multi-GPU machines; NCCL and NVSHMEM read these at start-up.
 MULTICAST_OFF = {
@@ -39,6 +47,65 @@ def init_distributed(backend: str | None = None, timeout: timedelta = timedelta(
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timeout)
     return device
+
+
+def torchrun_world(env: Mapping[str, str] | None = None) -> int:
+    """The torchrun job's size (WORLD_SIZE); 1 in a process torchrun did not start."""
+    env = os.environ if env is None else env
+    return int(env.get("WORLD_SIZE") or 1)
+
+
+def split_ranks(sequence_parallel: bool, world: int) -> int:
+    """How many ranks share each window: the job's `world` with --sequence-parallel, else 1.
+
+    A render started on several ranks without the flag would have every rank write the same files.
+    """
+    if world > 1 and not sequence_parallel:
+        raise SettingsError(
+            f"render runs under torchrun ({world} processes) only with --sequence-parallel, which splits "
+            "every window over them; to give each GPU its own song, use `audioloop batch`"
+        )
+    return world if sequence_parallel else 1
+
+
+def rank_backend(device: torch.device) -> str | None:
+    """gloo for a CPU render, else init_distributed's default (NCCL, one GPU per local rank)."""
+    return "gloo" if device.type == "cpu" else None
+
+
+@contextmanager
+def torchrun_job(world: int, device: torch.device) -> Iterator[torch.device]:
+    """Inside the block this process is one rank of the torchrun job on its rank's device (world > 1), or
+    alone on `device`. The group is left when the block ends cleanly; after an error it is left to the
+    process's exit, since other ranks may still be inside a collective."""
+    if world == 1:
+        yield device
+        return
+    yield init_distributed(rank_backend(device))
+    dist.destroy_process_group()
+
+
+def is_rank0() -> bool:
+    """True on rank 0 of a joined job and in a process outside any job: the process that writes and prints."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def same_on_every_rank(value: Any) -> bool:
+    """Whether every rank passed an equal (picklable) value; every rank gets the same answer."""
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return all(v == values[0] for v in values)
+
+
+def from_rank0(compute: Callable[[], Tensor], like: Tensor) -> Tensor:
+    """Rank 0's `compute()` on every rank: the others skip the work and receive a tensor like `like`."""
+    with torch.inference_mode():
+        if dist.get_rank() == 0:
+            x = compute().contiguous()
+        else:
+            x = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        dist.broadcast(x, src=0)
+    return x
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,10 @@ class RenderProgress:
 
 
 class RichProgress(RenderProgress):
-    """Two rich progress bars on stderr."""
+    """Two rich progress bars on stderr; `unit` names what the outer bar counts (windows, or tiles)."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, unit: str = "window") -> None:
+        self._unit = unit
         self._progress = Progress(
             TextColumn("{task.description:<22}"),
             BarColumn(),
@@ -86,7 +87,7 @@ class RichProgress(RenderProgress):
         """Describe the window on both bars and reset the steps bar."""
         if self._windows is None:
             self._windows = self._progress.add_task("", total=total)
-        self._progress.update(self._windows, total=total, description=f"window {index + 1}/{total}")
+        self._progress.update(self._windows, total=total, description=f"{self._unit} {index + 1}/{total}")
         label = "sampling" if sampled else "from work dir"
         if self._steps is None:
             self._steps = self._progress.add_task(label, total=None)

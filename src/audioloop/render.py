@@ -7,33 +7,40 @@ and seed i, then AdaIN toward window 0. Finished windows go to the work dir; win
 Every window's latents enter a LatentStream that decodes with margin and queues frames on the VideoWriter,
 whose thread encodes while the next window samples. The loop touches files only through the work dir and the
 writer.
+
+Split over a torchrun job (sequence parallel), every rank walks the same chain inside one `sequence_parallel`
+scope and samples the same latents; rank 0 alone encodes the prompts into the cache (the others read it after
+a barrier), re-encodes a pixel context (broadcast to the others) and writes the work dir, video and sidecar.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor
 
 from audioloop.decode import LatentStream, queue_limit
-from audioloop.errors import Interrupted, RenderError
+from audioloop.errors import Interrupted, RenderError, SettingsError
 from audioloop.job import Job, audio_slice
 from audioloop.media.audio import log_mel
 from audioloop.media.writer import VideoWriter
 from audioloop.models.latents import decode_video, encode_audio, encode_frames, encode_image
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import TextEmbedding, encode_prompts
+from audioloop.parallel import from_rank0, is_rank0, same_on_every_rank
 from audioloop.plan import TEMPORAL, Window, audio_tokens
 from audioloop.progress import RenderProgress
 from audioloop.sampling.adain import adain_frames
 from audioloop.sampling.layout import first_window, next_window
+from audioloop.sampling.sequence_parallel import sequence_parallel
 from audioloop.sampling.window import sample_window
 from audioloop.sidecar import sidecar
 from audioloop.workdir import cache_dir, finite_latents, write_json
@@ -47,8 +54,8 @@ STAGES = ("load", "text", "encode", "sampling", "decode", "mux")
 class Clock:
     """Wall time per render stage; `current` names the stage in progress (for error messages)."""
 
-    def __init__(self) -> None:
-        self.seconds = dict.fromkeys(STAGES, 0.0)
+    def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
+        self.seconds = dict.fromkeys(stages, 0.0)
         self.current = "starting"
 
     @contextmanager
@@ -81,20 +88,29 @@ class _Chain:
     texts: dict[str, TextEmbedding] = field(default_factory=dict)
     reference: Tensor | None = None
     previous: Tensor | None = None
+    parallel: bool = False
+    writes: bool = True
 
 
 def render(
-    job: Job, progress: RenderProgress | None = None, on_window: Callable[[int], None] | None = None
+    job: Job,
+    progress: RenderProgress | None = None,
+    on_window: Callable[[int], None] | None = None,
+    components: Components | None = None,
+    parallel: bool = False,
 ) -> dict[str, Any]:
     """Render a prepared job to its output and sidecar; return the sidecar. `on_window(i)` runs after each
     window is stored and queued. Ctrl-C becomes Interrupted and running out of memory a RenderError, both with
-    the finished windows kept in the work dir and no output written."""
+    the finished windows kept in the work dir and no output written.
+
+    `components` already loaded for the job's model, device and dtype are used as they are (a batch loads
+    once per process). `parallel` splits every window over the joined torchrun job: only rank 0 writes."""
     progress = progress or RenderProgress()
     clock = Clock()
     began = time.perf_counter()
     try:
         with progress:
-            peak = _render(job, progress, clock, on_window)
+            peak = _render(job, progress, clock, on_window, components, parallel)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted_message(job)) from None
     except torch.OutOfMemoryError:
@@ -105,63 +121,122 @@ def render(
             f"(finished windows are kept in {job.work.path})"
         ) from None
     document = sidecar(job, {**clock.seconds, "total": time.perf_counter() - began}, peak)
-    write_json(job.sidecar, document)
+    if not parallel or is_rank0():
+        write_json(job.sidecar, document)
     return document
 
 
-def _render(job: Job, progress: RenderProgress, clock: Clock, on_window: Callable[[int], None] | None) -> int:
-    """Load, encode, walk the window chain and close the video; returns the writer's peak queued frames."""
+def _render(
+    job: Job,
+    progress: RenderProgress,
+    clock: Clock,
+    on_window: Callable[[int], None] | None,
+    components: Components | None,
+    parallel: bool,
+) -> int:
+    """Load, encode, walk the window chain and close the video; returns the writer's peak queued frames
+    (0 on the ranks that do not write)."""
     request, plan = job.request, job.request.plan
+    if parallel and not same_on_every_rank((job.start, job.fingerprints)):
+        raise RenderError(
+            "the ranks prepared different renders (an input or the work dir changed as they started); rerun"
+        )
     progress.status("loading the model")
     with clock("load"):
-        components = load_components(request.settings.model, device=job.device, dtype=job.dtype)
-    state = _Chain(components)
+        components = components or load_components(request.settings.model, device=job.device, dtype=job.dtype)
+    state = _Chain(components, parallel=parallel, writes=not parallel or is_rank0())
     if job.start < len(plan.windows):
         progress.status("encoding prompts")
         with clock("text"):
-            prompts = {p.prompt for p in request.prompts[job.start :]}
-            prompts |= {job.negative} if job.negative is not None else set()
-            state.texts = encode_prompts(components, sorted(prompts), cache_dir() / "text")
+            state.texts = _encode(components, job_prompts(job), parallel)
         with clock("encode"):
             state.image_latent = encode_image(components.video_vae, job.image)
         progress.status("loading the transformer")
         with clock("load"):
             state.transformer = components.transformer
-    job.work.forget_from(job.start)
-    writer = VideoWriter(
-        job.output,
-        width=plan.width,
-        height=plan.height,
-        fps=plan.fps,
-        audio=job.audio,
-        total_frames=plan.total_frames,
-        crf=request.settings.crf,
-        preset=request.settings.preset,
-        max_queued_frames=queue_limit(plan, job.spans),
-    )
+    if state.writes:
+        job.work.forget_from(job.start)
+    writer = _open_writer(job) if state.writes else None
+    split = ExitStack()
     try:
-        stream = LatentStream(
-            plan,
-            job.spans,
-            decode=clock.timed("decode", partial(decode_video, components.video_vae)),
-            emit=clock.timed("mux", writer.write),
-        )
+        if parallel and state.transformer is not None:
+            _enter_split(split, state.transformer)
+        stream = None if writer is None else _stream(job, components, clock, writer)
         for window in plan.windows:
             progress.start_window(window.index, len(plan.windows), sampled=window.index >= job.start)
             latents = _window_latents(job, window, state, progress, clock)
-            stream.push(window.index, latents)
+            if stream is not None:
+                stream.push(window.index, latents)
             if window.index == 0:
                 state.reference = latents
             state.previous = latents
             progress.end_window()
             if on_window is not None:
                 on_window(window.index)
-        with clock("mux"):
-            writer.close()
+        if writer is not None:
+            with clock("mux"):
+                writer.close()
     except BaseException:
-        writer.abort()
+        if writer is not None:
+            writer.abort()
         raise
-    return writer.peak_queued_frames
+    finally:
+        split.close()
+    return 0 if writer is None else writer.peak_queued_frames
+
+
+def job_prompts(job: Job) -> list[str]:
+    """The prompts a job samples with, sorted: those of its windows from job.start on, and the negative."""
+    prompts = {p.prompt for p in job.request.prompts[job.start :]}
+    prompts |= {job.negative} if job.negative is not None else set()
+    return sorted(prompts)
+
+
+def _encode(components: Components, prompts: list[str], parallel: bool) -> dict[str, TextEmbedding]:
+    """The prompts' embeddings through the disk cache; split over ranks, rank 0 encodes into the cache and
+    the others read it after a barrier (Gemma is built once per host, and only rank 0 writes)."""
+    if parallel and not is_rank0():
+        dist.barrier()
+    texts = encode_prompts(components, prompts, cache_dir() / "text")
+    if parallel and is_rank0():
+        dist.barrier()
+    return texts
+
+
+def _enter_split(stack: ExitStack, transformer: LTX2VideoTransformer3DModel) -> None:
+    """Split every transformer call in the stack's scope over the job's ranks; uneven heads: SettingsError."""
+    try:
+        stack.enter_context(sequence_parallel(transformer))
+    except ValueError as exc:
+        raise SettingsError(
+            f"--sequence-parallel: {exc}; start a number of processes that divides the attention heads"
+        ) from None
+
+
+def _open_writer(job: Job) -> VideoWriter:
+    """The output video's writer, its encoder thread started."""
+    plan, settings = job.request.plan, job.request.settings
+    return VideoWriter(
+        job.output,
+        width=plan.width,
+        height=plan.height,
+        fps=plan.fps,
+        audio=job.audio,
+        total_frames=plan.total_frames,
+        crf=settings.crf,
+        preset=settings.preset,
+        max_queued_frames=queue_limit(plan, job.spans),
+    )
+
+
+def _stream(job: Job, components: Components, clock: Clock, writer: VideoWriter) -> LatentStream:
+    """The stream that decodes each window's final latents, as the decode spans say, onto the writer."""
+    return LatentStream(
+        job.request.plan,
+        job.spans,
+        decode=clock.timed("decode", partial(decode_video, components.video_vae)),
+        emit=clock.timed("mux", writer.write),
+    )
 
 
 def _window_latents(
@@ -177,7 +252,8 @@ def _window_latents(
     latents = _sample(job, window, state, progress, clock)
     prompt = job.request.prompts[window.index]
     info = {"seed": window.seed, "schedule_entry": prompt.entry, "prompt": prompt.prompt}
-    job.work.save(window.index, latents, job.fingerprints[window.index], info)
+    if state.writes:
+        job.work.save(window.index, latents, job.fingerprints[window.index], info)
     return latents
 
 
@@ -191,7 +267,7 @@ def _sample(job: Job, window: Window, state: _Chain, progress: RenderProgress, c
         if window.index == 0:
             layout = first_window(state.image_latent, window.lat_frames, plan.fps)
         else:
-            context = _context(components, state.previous, plan.ov_lat, settings.context)
+            context = _context(components, state.previous, plan.ov_lat, settings.context, state.parallel)
             layout = next_window(context, state.image_latent, window.lat_frames, plan.fps)
     text = state.texts[request.prompts[window.index].prompt]
     negative = state.texts[job.negative] if job.negative is not None else None
@@ -222,17 +298,24 @@ def _sample(job: Job, window: Window, state: _Chain, progress: RenderProgress, c
     return latents
 
 
-def _context(components: Components, previous: Tensor, ov_lat: int, mode: str) -> Tensor:
-    """Window i's frozen context: window i−1's last ov_lat latents, or (pixel) those frames re-encoded."""
+def _context(
+    components: Components, previous: Tensor, ov_lat: int, mode: str, parallel: bool = False
+) -> Tensor:
+    """Window i's frozen context: window i−1's last ov_lat latents, or (pixel) those frames re-encoded; split
+    over ranks, rank 0 re-encodes and sends them, so every rank holds the same context."""
     if mode == "latent":
         return previous[:, :, -ov_lat:]
-    frames = decode_video(components.video_vae, previous)
-    return encode_frames(components.video_vae, frames[-(TEMPORAL * (ov_lat - 1) + 1) :]).to(previous)
+
+    def reencode() -> Tensor:
+        frames = decode_video(components.video_vae, previous)
+        return encode_frames(components.video_vae, frames[-(TEMPORAL * (ov_lat - 1) + 1) :]).to(previous)
+
+    return from_rank0(reencode, like=previous[:, :, -ov_lat:]) if parallel else reencode()
 
 
-def finished(count: int) -> str:
-    """'window 0 is' or 'windows 0–N are': the first `count` windows, for messages."""
-    return "window 0 is" if count == 1 else f"windows 0–{count - 1} are"
+def finished(count: int, unit: str = "window") -> str:
+    """'window 0 is' or 'windows 0–N are': the first `count` windows (or tiles), for messages."""
+    return f"{unit} 0 is" if count == 1 else f"{unit}s 0–{count - 1} are"
 
 
 def _interrupted_message(job: Job) -> str:

@@ -9,7 +9,7 @@ from importlib import metadata
 from typing import Any
 
 from audioloop import __version__
-from audioloop.decode import queue_limit
+from audioloop.decode import DecodeSpan, queue_limit
 from audioloop.job import Job
 from audioloop.plan import Plan
 from audioloop.schedule import WindowPrompt
@@ -49,6 +49,16 @@ def window_table(
     ]
 
 
+def decode_table(margin: int, spans: Sequence[DecodeSpan], queue: int, peak: int) -> dict[str, Any]:
+    """How the video was decoded: the margin, every span and the writer's queue limit and peak."""
+    return {
+        "margin": margin,
+        "spans": [asdict(span) | {"frames": span.frames} for span in spans],
+        "writer_max_queued_frames": queue,
+        "writer_peak_queued_frames": peak,
+    }
+
+
 def sidecar(job: Job, timings: dict[str, float], peak: int) -> dict[str, Any]:
     """The sidecar document: inputs, settings, model, plan, windows, decode, timings and versions."""
     request, plan = job.request, job.request.plan
@@ -74,12 +84,7 @@ def sidecar(job: Job, timings: dict[str, float], peak: int) -> dict[str, Any]:
         "plan": plan.to_dict(),
         "windows": window_table(plan, request.prompts, job.fingerprints, job.start),
         "resumed_from": job.start,
-        "decode": {
-            "margin": job.margin,
-            "spans": [asdict(span) | {"frames": span.frames} for span in job.spans],
-            "writer_max_queued_frames": queue_limit(plan, job.spans),
-            "writer_peak_queued_frames": peak,
-        },
+        "decode": decode_table(job.margin, job.spans, queue_limit(plan, job.spans), peak),
         "timings": timings,
         "versions": versions(),
     }

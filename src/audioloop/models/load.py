@@ -19,6 +19,7 @@ from diffusers import (
     LTX2VideoTransformer3DModel,
 )
 from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from huggingface_hub import snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
@@ -41,7 +42,8 @@ REQUIRED = {
     "tokenizer": "tokenizer_config.json",
     "scheduler": "scheduler_config.json",
 }
-OPTIONAL = ("latent_upsampler",)
+UPSAMPLER = "latent_upsampler"  # LTX-2.3's ×2 spatial latent upsampler, only `audioloop upscale` needs it
+OPTIONAL = (UPSAMPLER,)
 REAL_MAX_SEQUENCE_LENGTH = 1024
 REGISTER_BLOCK = 128  # the connectors tile their learnable registers over the sequence: length % 128 == 0
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf"})
@@ -123,10 +125,11 @@ def check_layout(model: str, path: Path) -> None:
         raise InputError(f"--model {model}: {path} is missing {', '.join(missing)}; {LAYOUT}")
 
 
-def fingerprint(path: Path) -> str:
-    """A cheap content fingerprint of a model directory: small files by content, weights by name and size."""
+def fingerprint(path: Path, parts: tuple[str, ...] = tuple(REQUIRED)) -> str:
+    """A cheap content fingerprint of a model directory's `parts` (subfolders): small files by content,
+    weights by name and size."""
     digest = hashlib.sha256()
-    for name in REQUIRED:
+    for name in parts:
         for file in sorted(p for p in (path / name).rglob("*") if p.is_file()):
             relative = file.relative_to(path)
             if any(part.startswith(".") for part in relative.parts):
@@ -150,6 +153,7 @@ def save_tiny(path: Path) -> Path:
         "text_encoder": tiny.tiny_text_encoder(),
         "tokenizer": tiny.tiny_tokenizer(),
         "scheduler": FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=False, shift_terminal=None),
+        UPSAMPLER: tiny.tiny_latent_upsampler(),
     }
     for name, part in parts.items():
         part.save_pretrained(path / name)
@@ -233,3 +237,37 @@ def _hub_offline() -> bool:
 def _one_line(exc: BaseException) -> str:
     """The first line of an exception's message, for one-line user errors."""
     return next(iter(str(exc).strip().splitlines()), type(exc).__name__)
+
+
+def upsampler_revision(model: str) -> str:
+    """The latent upsampler's revision without loading it: tiny's constant, else its folder's fingerprint;
+    a directory without `latent_upsampler/` is refused here, before anything loads."""
+    if model == "tiny":
+        return tiny.REVISION
+    path = resolve_model_dir(model)
+    _check_upsampler(model, path)
+    return fingerprint(path, (UPSAMPLER,))
+
+
+def load_latent_upsampler(
+    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> LTX2LatentUpsamplerModel:
+    """The ×2 spatial latent upsampler of `--model`: tiny's built in code, else `latent_upsampler/`."""
+    device = torch.device(device)
+    if model == "tiny":
+        upsampler = tiny.tiny_latent_upsampler().to(device)
+        return upsampler if dtype == torch.float32 else upsampler.to(dtype)
+    path = resolve_model_dir(model)
+    _check_upsampler(model, path)
+    return _load_part(
+        path, UPSAMPLER, LTX2LatentUpsamplerModel.from_pretrained, torch_dtype=dtype, device=device
+    )
+
+
+def _check_upsampler(model: str, path: Path) -> None:
+    """Refuse a model directory without the latent upsampler, naming what belongs there."""
+    if not (path / UPSAMPLER / "config.json").is_file():
+        raise InputError(
+            f"--model {model}: {path} has no {UPSAMPLER}/; the upscale needs LTX-2.3's ×2 spatial latent "
+            f"upsampler (ltx-2.3-spatial-upscaler-x2) there in diffusers format"
+        )

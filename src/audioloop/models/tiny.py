@@ -12,6 +12,7 @@ import string
 import torch
 from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
 from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from torch import nn
 from transformers import (
     Gemma3Config,
@@ -123,6 +124,21 @@ def tiny_audio_vae() -> AutoencoderKLLTX2Audio:
     _reinit(vae, SEED + 3)
     _set_latent_stats(vae, SEED + 4)
     return vae
+
+
+def tiny_latent_upsampler() -> LTX2LatentUpsamplerModel:
+    """The LTX-2.3 ×2 spatial latent upsampler (3D res blocks, conv + pixel shuffle) at toy width; GroupNorm
+    needs the width to be a multiple of 32."""
+    upsampler = LTX2LatentUpsamplerModel(
+        in_channels=VIDEO_LATENT_CHANNELS,
+        mid_channels=32,
+        num_blocks_per_stage=1,
+        dims=3,
+        spatial_upsample=True,
+        temporal_upsample=False,
+        use_rational_resampler=False,
+    )
+    return _reinit(upsampler, SEED + 7)
 
 
 def tiny_connectors() -> LTX2TextConnectors:

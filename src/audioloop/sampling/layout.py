@@ -143,6 +143,27 @@ def next_window(context: Tensor, image_latent: Tensor, lat_frames: int, fps: flo
     return WindowLayout(clean, mask, coords, lat_frames, height, width, context_frames=n_context, fps=fps)
 
 
+def refine_window(latents: Tensor, context_frames: int, fps: float) -> WindowLayout:
+    """A stage-2 refinement tile: its first `context_frames` latents frozen, the rest generated starting from
+    their own values (the sampler noises them to σ0), and no guide: stage 2 refines content, it adds none."""
+    _check_latent("latents", latents)
+    _, _, frames, height, width = latents.shape
+    if not 0 <= context_frames < frames:
+        raise ValueError(f"frozen frames must satisfy 0 ≤ {context_frames} < tile latent frames {frames}")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    per_frame = height * width
+    mask = torch.cat(
+        [
+            latents.new_zeros(1, context_frames * per_frame),
+            latents.new_ones(1, (frames - context_frames) * per_frame),
+        ],
+        dim=1,
+    )
+    coords = video_coords(frames, height, width, fps, latents.device)
+    return WindowLayout(pack_video(latents), mask, coords, frames, height, width, context_frames, fps)
+
+
 def crop_guides(tokens: Tensor, layout: WindowLayout) -> Tensor:
     """Sampled tokens → the window's video latents [1, C, F, h, w], appended guides removed."""
     window = tokens[:, : layout.n_window_tokens]
