@@ -22,7 +22,10 @@ from transformers import (
     SiglipVisionConfig,
 )
 
+from audioloop.models.configs import CONNECTORS_2_3, TRANSFORMER_2_3, VIDEO_VAE_2_3
+
 REVISION = "tiny-v1"  # the tiny model's fingerprint: bump it whenever a builder below changes its output
+
 SEED = 1234
 TEXT_HIDDEN = 32
 TEXT_LAYERS = 2
@@ -62,25 +65,21 @@ def _set_latent_stats(vae: nn.Module, seed: int) -> None:
 def tiny_transformer() -> LTX2VideoTransformer3DModel:
     """The joint audio-video transformer with the LTX-2.3 flags, 2 layers, video 2×8 and audio 2×4 heads."""
     model = LTX2VideoTransformer3DModel(
-        in_channels=VIDEO_LATENT_CHANNELS,
-        out_channels=VIDEO_LATENT_CHANNELS,
-        num_attention_heads=2,
-        attention_head_dim=VIDEO_DIM // 2,
-        cross_attention_dim=VIDEO_DIM,
-        audio_in_channels=AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4,
-        audio_out_channels=AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4,
-        audio_num_attention_heads=2,
-        audio_attention_head_dim=AUDIO_DIM // 2,
-        audio_cross_attention_dim=AUDIO_DIM,
-        num_layers=2,
-        caption_channels=TEXT_HIDDEN,
-        gated_attn=True,
-        cross_attn_mod=True,
-        audio_gated_attn=True,
-        audio_cross_attn_mod=True,
-        rope_type="split",
-        use_prompt_embeddings=False,
-        perturbed_attn=True,
+        **{
+            **TRANSFORMER_2_3,
+            "in_channels": VIDEO_LATENT_CHANNELS,
+            "out_channels": VIDEO_LATENT_CHANNELS,
+            "num_attention_heads": 2,
+            "attention_head_dim": VIDEO_DIM // 2,
+            "cross_attention_dim": VIDEO_DIM,
+            "audio_in_channels": AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4,
+            "audio_out_channels": AUDIO_LATENT_CHANNELS * AUDIO_MEL_BINS // 4,
+            "audio_num_attention_heads": 2,
+            "audio_attention_head_dim": AUDIO_DIM // 2,
+            "audio_cross_attention_dim": AUDIO_DIM,
+            "num_layers": 2,
+            "caption_channels": TEXT_HIDDEN,
+        }
     )
     return _reinit(model, SEED)
 
@@ -88,24 +87,14 @@ def tiny_transformer() -> LTX2VideoTransformer3DModel:
 def tiny_video_vae() -> AutoencoderKLLTX2Video:
     """The LTX-2.3 video VAE topology (×32 spatial, ×8 temporal, 2.3 decoder) at toy width."""
     vae = AutoencoderKLLTX2Video(
-        latent_channels=VIDEO_LATENT_CHANNELS,
-        block_out_channels=(8, 16, 16, 16),
-        decoder_block_out_channels=(8, 16, 16, 16),
-        layers_per_block=(1, 1, 1, 1, 1),
-        decoder_layers_per_block=(1, 1, 1, 1, 1),
-        spatio_temporal_scaling=(True, True, True, True),
-        decoder_spatio_temporal_scaling=(True, True, True, True),
-        decoder_inject_noise=(False, False, False, False, False),
-        downsample_type=("spatial", "temporal", "spatiotemporal", "spatiotemporal"),
-        upsample_type=("spatiotemporal", "spatiotemporal", "temporal", "spatial"),
-        upsample_residual=(False, False, False, False),
-        upsample_factor=(2, 2, 1, 2),
-        patch_size=4,
-        encoder_causal=True,
-        decoder_causal=False,
-        decoder_spatial_padding_mode="zeros",
-        spatial_compression_ratio=32,
-        temporal_compression_ratio=8,
+        **{
+            **VIDEO_VAE_2_3,
+            "latent_channels": VIDEO_LATENT_CHANNELS,
+            "block_out_channels": (8, 16, 16, 16),
+            "decoder_block_out_channels": (8, 16, 16, 16),
+            "layers_per_block": (1, 1, 1, 1, 1),
+            "decoder_layers_per_block": (1, 1, 1, 1, 1),
+        }
     )
     _reinit(vae, SEED + 1)
     _set_latent_stats(vae, SEED + 2)
@@ -144,23 +133,21 @@ def tiny_latent_upsampler() -> LTX2LatentUpsamplerModel:
 def tiny_connectors() -> LTX2TextConnectors:
     """The 2.3 text connectors: per-modality projections, gated attention, learnable registers."""
     connectors = LTX2TextConnectors(
-        caption_channels=TEXT_HIDDEN,
-        text_proj_in_factor=TEXT_LAYERS + 1,
-        video_connector_num_attention_heads=2,
-        video_connector_attention_head_dim=VIDEO_DIM // 2,
-        video_connector_num_layers=2,
-        video_connector_num_learnable_registers=8,
-        video_gated_attn=True,
-        audio_connector_num_attention_heads=2,
-        audio_connector_attention_head_dim=AUDIO_DIM // 2,
-        audio_connector_num_layers=2,
-        audio_connector_num_learnable_registers=8,
-        audio_gated_attn=True,
-        rope_type="split",
-        per_modality_projections=True,
-        video_hidden_dim=VIDEO_DIM,
-        audio_hidden_dim=AUDIO_DIM,
-        proj_bias=True,
+        **{
+            **CONNECTORS_2_3,
+            "caption_channels": TEXT_HIDDEN,
+            "text_proj_in_factor": TEXT_LAYERS + 1,
+            "video_connector_num_attention_heads": 2,
+            "video_connector_attention_head_dim": VIDEO_DIM // 2,
+            "video_connector_num_layers": 2,
+            "video_connector_num_learnable_registers": 8,
+            "audio_connector_num_attention_heads": 2,
+            "audio_connector_attention_head_dim": AUDIO_DIM // 2,
+            "audio_connector_num_layers": 2,
+            "audio_connector_num_learnable_registers": 8,
+            "video_hidden_dim": VIDEO_DIM,
+            "audio_hidden_dim": AUDIO_DIM,
+        }
     )
     return _reinit(connectors, SEED + 5)
 
