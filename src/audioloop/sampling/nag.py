@@ -72,8 +72,11 @@ def _fused_combine() -> Callable[[Tensor, Tensor, NagSettings], Tensor]:
 
 
 def combine(z_pos: Tensor, z_neg: Tensor, settings: NagSettings) -> Tensor:
-    """nag_combine, fused on CUDA; eager elsewhere (a CPU compile costs more than it saves)."""
-    return (_fused_combine() if z_pos.is_cuda else nag_combine)(z_pos, z_neg, settings)
+    """nag_combine, fused on CUDA; traced as is inside a compiled block (which fuses it with the rest);
+    eager elsewhere (a CPU compile costs more than it saves)."""
+    if z_pos.is_cuda and not torch.compiler.is_compiling():
+        return _fused_combine()(z_pos, z_neg, settings)
+    return nag_combine(z_pos, z_neg, settings)
 
 
 def nag_text(positive: Tensor, negative: Tensor) -> Tensor:

@@ -1,0 +1,356 @@
+"""Speed and memory for the LTX-2.3 transformer: regional compile, attention kernel, compile cache, FP8,
+offload.
+
+Everything acts on a loaded `LTX2VideoTransformer3DModel` in place, through `accelerate(transformer, settings,
+device)`, and leaves its forward signature alone, so the sampler runs unchanged.
+
+- Compile: each of the 48 blocks' `forward` goes through `torch.compile(fullgraph=True, dynamic=False)`. The
+  blocks share one code object, hence one graph per input layout: window 0 and windows ≥ 1 (one more frame of
+  guide tokens) compile once each, and nothing else varies between steps (sigmas arrive as tensors). Hooks
+  stay outside the compiled region, which is what lets the offload streamer run around it.
+- The compile cache: inductor's FX-graph, AOT-autograd, autotune and Triton caches live under the audioloop
+  cache dir, so a second process skips the inductor and Triton work.
+- FP8 (`torch._scaled_mm`, Hopper or Ada): chosen linears become `Fp8Linear` — e4m3 weights with one scale per
+  output channel, activations quantised per token (row-wise) on the fly, which inductor fuses with the op that
+  produces them. Plain tensors, no tensor subclass: the compile costs what bf16's does.
+- Offload: the blocks' weights sit in pinned host memory and stream into two device slots on a side stream,
+  one block ahead of the compute; only the non-block layers stay resident.
+
+Measured on an H100 at 832×480×497 (bench/RESULTS.md): compiled bf16 0.75× the stock step, FP8 "all" 0.61×
+at 22.6 GiB, offload 1.00× its resident mode at 6–7 GiB, a second process warms up in 8 s (bf16) / 12 s (FP8).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import LTX2VideoTransformer3DModel
+from torch import Tensor, nn
+
+from audioloop.workdir import cache_dir
+
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
+# Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call.
+ATTENTION = {
+    "sdpa": "native",
+    "cudnn": "_native_cudnn",
+    "flash": "_native_flash",
+    "efficient": "_native_efficient",
+}
+# The linears of a block that run on video tokens (M = 24,960 rows at 832×480): 99% of its matmul FLOPs.
+VIDEO_LINEARS = (
+    "attn1.to_q",
+    "attn1.to_k",
+    "attn1.to_v",
+    "attn1.to_out.0",
+    "attn2.to_q",
+    "attn2.to_out.0",
+    "audio_to_video_attn.to_q",
+    "audio_to_video_attn.to_out.0",
+    "video_to_audio_attn.to_k",
+    "video_to_audio_attn.to_v",
+    "ff.net.0.proj",
+    "ff.net.2",
+)
+
+
+@dataclass(frozen=True)
+class Fp8Recipe:
+    """Which block linears run in FP8 (names relative to a block, fnmatch patterns), which blocks stay bf16
+    whole (negative indices count from the end), row-wise or tensor-wise scales, Hopper fast accumulation."""
+
+    layers: tuple[str, ...] = VIDEO_LINEARS
+    bf16_blocks: tuple[int, ...] = ()
+    rowwise: bool = True
+    fast_accum: bool = True
+
+
+# Measured at 832×480×497 on an H100 (bench/RESULTS.md): step vs stock bf16, peak GPU, per-block error
+# (video / audio stream) against fp32. "all" is the default: as fast as "video" and the only one ≤ 24 GiB.
+FP8_RECIPES: dict[str, Fp8Recipe] = {
+    "all": Fp8Recipe(layers=("*",)),  # 0.61×, 22.6 GiB, 3.8% / 1.7%
+    "video": Fp8Recipe(),  # 0.61×, 27.9 GiB, 3.6% / 1.1%
+    "video-exact": Fp8Recipe(fast_accum=False),  # 0.66×, same error: accumulation is not the error
+    "video-tensorwise": Fp8Recipe(rowwise=False),  # 0.63×, 3.8% / 1.3%
+    "video-edges": Fp8Recipe(bf16_blocks=(0, -1)),  # for trained weights' sensitive ends; not timed
+    "video-no-out": Fp8Recipe(
+        layers=tuple(n for n in VIDEO_LINEARS if not n.endswith("to_out.0"))
+    ),  # 0.63×, 2.8%
+    "ff": Fp8Recipe(layers=("ff.net.0.proj", "ff.net.2")),  # 0.68×, 33.9 GiB, 1.8% / 0.4%
+}
+DEFAULT_FP8 = "all"
+
+
+@dataclass(frozen=True)
+class AccelSettings:
+    """How the transformer runs: compiled or eager, the attention kernel (SDPA's own choice is the fastest on
+    H100: it picks cuDNN's kernel without diffusers' extra copies), FP8 recipe name or None, blocks streamed
+    from host memory or resident."""
+
+    compile: bool = True
+    attention: str = "sdpa"
+    fp8: str | None = None
+    offload: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse names that do not exist, naming the ones that do."""
+        if self.attention not in ATTENTION:
+            raise ValueError(f"--attention {self.attention}: choose one of {', '.join(ATTENTION)}")
+        if self.fp8 is not None and self.fp8 not in FP8_RECIPES:
+            raise ValueError(f"FP8 recipe {self.fp8!r}: choose one of {', '.join(FP8_RECIPES)}")
+
+
+def check_device(settings: AccelSettings, device: torch.device) -> None:
+    """Refuse FP8 and offload where they cannot run: both need CUDA, FP8 also FP8 matmuls (sm_89+)."""
+    if (settings.fp8 or settings.offload) and device.type != "cuda":
+        raise ValueError(f"--fp8 and --offload need a CUDA device, not {device}")
+    if settings.fp8 and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise ValueError(f"--fp8 needs FP8 matmuls (Ada or Hopper, sm_89+); {name} has none")
+
+
+def compile_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where compiled kernels persist between runs: `inductor/` under the audioloop cache dir."""
+    return cache_dir(env) / "inductor"
+
+
+def use_compile_cache(path: Path) -> Path:
+    """Send inductor's FX-graph, AOT-autograd, autotune and Triton caches to `path` (before compiling)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    torch._inductor.config.fx_graph_cache = True
+    torch._functorch.config.enable_autograd_cache = True
+    return path
+
+
+def compile_blocks(transformer: LTX2VideoTransformer3DModel, backend: str = "inductor") -> None:
+    """Compile each block's forward with static shapes: one graph per window layout, shared by all blocks."""
+    for block in transformer.transformer_blocks:
+        block.forward = torch.compile(block.forward, fullgraph=True, dynamic=False, backend=backend)
+
+
+def set_attention(transformer: LTX2VideoTransformer3DModel, name: str) -> None:
+    """Route every attention of the transformer (NAG's included, which copies it) to one kernel."""
+    transformer.set_attention_backend(ATTENTION[name])
+
+
+def fp8_layer_names(transformer: LTX2VideoTransformer3DModel, recipe: Fp8Recipe) -> list[str]:
+    """Full names of the linears `recipe` turns into FP8: matching block linears outside the bf16 blocks, with
+    both dimensions multiples of 16 (what `_scaled_mm` accepts)."""
+    count = len(transformer.transformer_blocks)
+    kept = {index % count for index in recipe.bf16_blocks}
+    names = []
+    for index, block in enumerate(transformer.transformer_blocks):
+        if index in kept:
+            continue
+        for name, module in block.named_modules():
+            aligned = (
+                isinstance(module, nn.Linear) and module.in_features % 16 == module.out_features % 16 == 0
+            )
+            if aligned and any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.layers):
+                names.append(f"transformer_blocks.{index}.{name}")
+    return names
+
+
+def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [M, K] → e4m3 [M, K] and fp32 scales [M, 1], each row's absmax mapped to 448 (x ≈ q·scale)."""
+    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def quantize_tensor(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x → e4m3 and one fp32 scale for the whole tensor, its absmax mapped to 448 (x ≈ q·scale)."""
+    scale = x.abs().amax().float().clamp(min=1e-12) / FP8_MAX
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+class Fp8Linear(nn.Module):
+    """y = x·Wᵀ + b on FP8 tensor cores: W in e4m3 with per-output-channel (or one) scale, x quantised per
+    token (or per tensor) at each call, the product accumulated and returned in x's dtype."""
+
+    def __init__(self, linear: nn.Linear, rowwise: bool, fast_accum: bool) -> None:
+        """Quantise `linear`'s weight; keep its bias in the compute dtype."""
+        super().__init__()
+        self.rowwise, self.fast_accum = rowwise, fast_accum
+        weight, scale = (quantize_rows if rowwise else quantize_tensor)(linear.weight.detach())
+        self.register_buffer("weight", weight)
+        self.register_buffer("weight_scale", scale.t() if rowwise else scale)  # [1, N] or []
+        bias = linear.bias.detach() if linear.bias is not None else None
+        self.register_buffer("bias", bias)
+
+    @property
+    def in_features(self) -> int:
+        """K, as nn.Linear has it."""
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        """N, as nn.Linear has it."""
+        return self.weight.shape[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Quantise x's rows, one scaled FP8 matmul with the bias fused, back to x's shape and dtype."""
+        rows, scale = (quantize_rows if self.rowwise else quantize_tensor)(x.reshape(-1, x.shape[-1]))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        out = torch._scaled_mm(
+            rows,
+            self.weight.t(),
+            scale_a=scale,
+            scale_b=self.weight_scale,
+            bias=bias,
+            out_dtype=x.dtype,
+            use_fast_accum=self.fast_accum,
+        )
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+
+def quantize_fp8(transformer: LTX2VideoTransformer3DModel, recipe: Fp8Recipe, names: list[str]) -> None:
+    """Replace each named linear by its `Fp8Linear` in place, where the linear lives (on-device is fast)."""
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = transformer.get_submodule(parent_name)
+        setattr(parent, child, Fp8Linear(getattr(parent, child), recipe.rowwise, recipe.fast_accum))
+
+
+def _block_tensors(block: nn.Module) -> list[tuple[nn.Module, str, Tensor]]:
+    """Every parameter and buffer of a block as (owner module, attribute name, tensor), in a fixed order."""
+    found = []
+    for module in block.modules():
+        for name, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            if tensor is not None:
+                found.append((module, name, tensor))
+    return found
+
+
+def _offsets(tensors: list[Tensor], align: int = 256) -> tuple[list[int], int]:
+    """Byte offsets of tensors packed one after another (each aligned), and the packed size."""
+    offsets, end = [], 0
+    for tensor in tensors:
+        start = -(-end // align) * align
+        offsets.append(start)
+        end = start + tensor.numel() * tensor.element_size()
+    return offsets, end
+
+
+def _view(buffer: Tensor, offset: int, like: Tensor) -> Tensor:
+    """A tensor shaped and typed like `like` over `buffer`'s bytes from `offset`."""
+    size = like.numel() * like.element_size()
+    return buffer[offset : offset + size].view(like.dtype).view(like.shape)
+
+
+def _pinned(size: int) -> Tensor:
+    """A page-locked host byte buffer of exactly `size` bytes (torch's pinned allocator would round a block's
+    0.77 GB up to 1 GiB, 13 GiB of host memory wasted over 48 bf16 blocks)."""
+    buffer = torch.empty(size, dtype=torch.uint8)
+    cudart = torch.cuda.cudart()
+    torch.cuda.check_error(cudart.cudaHostRegister(buffer.data_ptr(), size, 0))
+    weakref.finalize(buffer, cudart.cudaHostUnregister, buffer.data_ptr())
+    return buffer
+
+
+def _point(module: nn.Module, name: str, data: Tensor) -> None:
+    """Make a module's parameter (same Parameter object) or buffer `name` use `data`."""
+    if name in module._parameters:
+        module._parameters[name].data = data
+    else:
+        module._buffers[name] = data
+
+
+class BlockStreamer:
+    """The blocks' weights live in pinned host memory; block i computes on device slot i mod 2 while block i+1
+    is copied into the other slot on a side stream. Each block's tensors point at their slot for good, so the
+    compiled graphs see the same tensors every call; hooks order copies and compute with CUDA events."""
+
+    def __init__(self, blocks: nn.ModuleList, device: torch.device) -> None:
+        """Empty streamer for `blocks` (an even count): `adopt` each block in order, then `start` once."""
+        if len(blocks) % 2:
+            raise ValueError(f"block streaming needs an even number of blocks, got {len(blocks)}")
+        self.blocks, self.device = blocks, device
+        self.stream = torch.cuda.Stream(device)
+        self.host: list[Tensor] = []
+        self.layouts: list[tuple[list[tuple[nn.Module, str, Tensor]], list[int]]] = []
+        self.loaded = [torch.cuda.Event() for _ in blocks]
+        self.slot_done = [torch.cuda.Event(), torch.cuda.Event()]
+        self.slots: list[Tensor] = []
+        self.next = -1  # the block whose copy is in flight; none yet
+
+    def adopt(self, block: nn.Module) -> None:
+        """Move a block's tensors into one pinned host buffer, freeing their device memory at once."""
+        entries = _block_tensors(block)
+        offsets, size = _offsets([tensor for _, _, tensor in entries])
+        host = _pinned(size)
+        for (module, name, tensor), offset in zip(entries, offsets, strict=True):
+            _point(module, name, _view(host, offset, tensor).copy_(tensor.detach()))
+        self.host.append(host)
+        # Shapes and dtypes only (meta tensors): a reference to an original would keep its memory alive.
+        self.layouts.append(([(m, n, t.to("meta")) for m, n, t in entries], offsets))
+
+    def start(self) -> None:
+        """Allocate the two device slots, point each block tensor at its slot for good, install the hooks."""
+        size = max(host.numel() for host in self.host)
+        self.slots = [torch.empty(size, dtype=torch.uint8, device=self.device) for _ in range(2)]
+        for index, (entries, offsets) in enumerate(self.layouts):
+            slot = self.slots[index % 2]
+            for (module, name, tensor), offset in zip(entries, offsets, strict=True):
+                _point(module, name, _view(slot, offset, tensor))
+        for index, block in enumerate(self.blocks):
+            block.register_forward_pre_hook(lambda _m, _a, i=index: self._before(i))
+            block.register_forward_hook(lambda _m, _a, _o, i=index: self._after(i))
+
+    def _load(self, index: int) -> None:
+        """Queue block `index`'s copy into its slot once the last block computing there is done."""
+        with torch.cuda.stream(self.stream):
+            self.stream.wait_event(self.slot_done[index % 2])
+            self.slots[index % 2][: self.host[index].numel()].copy_(self.host[index], non_blocking=True)
+            self.loaded[index].record(self.stream)
+
+    def _before(self, index: int) -> None:
+        """Make the compute stream wait for this block's weights; start copying the next block's."""
+        if index != self.next:  # first call, or after an interrupted forward: nothing is in flight for it
+            self._load(index)
+        torch.cuda.current_stream(self.device).wait_event(self.loaded[index])
+        self.next = (index + 1) % len(self.blocks)
+        self._load(self.next)
+
+    def _after(self, index: int) -> None:
+        """Mark this block's slot free once the compute queued so far has run."""
+        self.slot_done[index % 2].record(torch.cuda.current_stream(self.device))
+
+
+def accelerate(
+    transformer: LTX2VideoTransformer3DModel, settings: AccelSettings, device: torch.device | str
+) -> BlockStreamer | None:
+    """Apply `settings` in place, in the order that works: per block, move to the device and swap in FP8
+    linears, then park it in pinned host memory if offloading; the rest of the model to the device; the
+    attention kernel; the compile (with its persistent cache). Returns the streamer when offloading.
+
+    Call once per transformer, before its first forward. Load the transformer on the CPU to offload or
+    quantise on a small card: only one bf16 block is ever on the device here besides the non-block layers.
+    """
+    device = torch.device(device)
+    check_device(settings, device)
+    recipe = FP8_RECIPES[settings.fp8] if settings.fp8 else None
+    names = fp8_layer_names(transformer, recipe) if recipe else []
+    blocks = transformer.transformer_blocks
+    streamer = BlockStreamer(blocks, device) if settings.offload else None
+    for index, block in enumerate(blocks):
+        block.to(device)
+        if recipe:
+            prefix = f"transformer_blocks.{index}."
+            quantize_fp8(transformer, recipe, [name for name in names if name.startswith(prefix)])
+        if streamer:
+            streamer.adopt(block)
+    if streamer:
+        streamer.start()
+    transformer.to(device)
+    set_attention(transformer, settings.attention)
+    if settings.compile:
+        use_compile_cache(compile_cache_dir())
+        compile_blocks(transformer)
+    return streamer

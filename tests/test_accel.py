@@ -1,0 +1,244 @@
+"""models/accel.py on the tiny LTX-2.3 transformer: settings, cache dir, FP8 layers and numerics, compile
+graphs, block streaming. CUDA-only paths run where a GPU is (the device machine); the full-size proof is
+bench/step_variants.py."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from audioloop.models import accel
+from audioloop.models.tiny import tiny_transformer
+from audioloop.sampling.layout import first_window, next_window
+from audioloop.sampling.window import SamplerSettings, sample_window
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA streams, pinned memory and FP8 matmuls need a GPU")
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return tiny_transformer()
+
+
+def _windows(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[dict]:
+    """Window-0 and window-i inputs of the tiny model (different token counts: the two compiled layouts)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen).to(device)
+
+    image = rand(1, 8, 1, 2, 3)
+    layouts = [first_window(image, 4, 25.0), next_window(rand(1, 8, 2, 2, 3), image, 4, 25.0)]
+    shared = {
+        name: rand(*shape).to(dtype)
+        for name, shape in (
+            ("audio", (1, 17, 16)),
+            ("tv", (1, 6, 16)),
+            ("ta", (1, 6, 8)),
+            ("nv", (1, 6, 16)),
+            ("na", (1, 6, 8)),
+        )
+    }
+    return [{"layout": layout, **shared} for layout in layouts]
+
+
+def _aligned(linear: nn.Linear) -> bool:
+    return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
+
+
+def _sample(model: nn.Module, x: dict, sigmas: tuple[float, ...] = (1.0, 0.5, 0.0)) -> torch.Tensor:
+    return sample_window(
+        model,
+        x["layout"],
+        x["audio"],
+        x["tv"],
+        x["ta"],
+        x["nv"],
+        x["na"],
+        seed=0,
+        settings=SamplerSettings(sigmas=sigmas),
+    )
+
+
+def test_settings_refuse_unknown_names_and_list_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="cudnn"):
+        accel.AccelSettings(attention="fast")
+    with pytest.raises(ValueError, match="video-tensorwise"):
+        accel.AccelSettings(fp8="int4")
+    assert accel.AccelSettings(attention="flash", fp8=accel.DEFAULT_FP8, offload=True).fp8 == "all"
+
+
+@pytest.mark.parametrize("settings", [accel.AccelSettings(fp8="video"), accel.AccelSettings(offload=True)])
+def test_fp8_and_offload_are_refused_off_cuda(settings: accel.AccelSettings) -> None:
+    with pytest.raises(ValueError, match="CUDA"):
+        accel.check_device(settings, torch.device("cpu"))
+
+
+def test_compile_cache_lives_under_the_audioloop_cache_dir(tmp_path, monkeypatch) -> None:
+    assert accel.compile_cache_dir({"AUDIOLOOP_CACHE_DIR": str(tmp_path)}) == tmp_path / "inductor"
+    assert accel.compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "audioloop" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    target = accel.use_compile_cache(tmp_path / "c" / "inductor")
+    assert target.is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(target)
+
+
+def test_video_recipe_takes_exactly_the_aligned_video_token_linears(model) -> None:
+    names = accel.fp8_layer_names(model, accel.FP8_RECIPES["video"])
+    candidates = [f"transformer_blocks.{i}.{layer}" for i in range(2) for layer in accel.VIDEO_LINEARS]
+    aligned = [n for n in candidates if _aligned(model.get_submodule(n))]
+    assert sorted(names) == sorted(aligned)
+    assert "transformer_blocks.1.ff.net.2" in names and "transformer_blocks.0.attn1.to_out.0" in names
+    assert not any("audio_attn" in name or "audio_ff" in name for name in names)
+
+
+def test_recipes_keep_edge_blocks_and_misaligned_linears_in_bf16(model) -> None:
+    assert accel.fp8_layer_names(model, accel.FP8_RECIPES["video-edges"]) == []  # 2 blocks: both are edges
+    last_only = accel.fp8_layer_names(model, accel.Fp8Recipe(bf16_blocks=(-1,)))
+    assert last_only and all(name.startswith("transformer_blocks.0.") for name in last_only)
+    every = accel.fp8_layer_names(model, accel.FP8_RECIPES["all"])
+    assert every and all(_aligned(model.get_submodule(name)) for name in every)
+    assert not any("to_gate_logits" in name for name in every)  # 2 heads: no FP8 matmul for that
+
+
+def test_row_quantisation_maps_each_rows_absmax_to_448_and_survives_zero_rows() -> None:
+    x = torch.randn(5, 64) * torch.tensor([1e-3, 1.0, 10.0, 1e3, 0.0]).unsqueeze(1)
+    q, scale = accel.quantize_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and scale.shape == (5, 1)
+    back = q.float() * scale
+    assert torch.equal(back[4], torch.zeros(64))
+    assert torch.allclose(back[:4].abs().amax(dim=1), x[:4].abs().amax(dim=1), rtol=1e-6)
+    assert ((back - x).norm(dim=1)[:4] / x[:4].norm(dim=1)).max() < 0.05  # e4m3: 3 mantissa bits
+
+
+@pytest.mark.parametrize("rowwise", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp8_linear_equals_its_dequantised_product_and_is_close_to_the_linear(
+    rowwise: bool, bias: bool
+) -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 32, bias=bias).to(torch.bfloat16)
+    x = torch.randn(3, 7, 64, dtype=torch.bfloat16)
+    fp8 = accel.Fp8Linear(linear, rowwise=rowwise, fast_accum=True)
+    out = fp8(x)
+    assert out.shape == (3, 7, 32) and out.dtype == torch.bfloat16
+    assert (fp8.in_features, fp8.out_features) == (64, 32)
+    quantize = accel.quantize_rows if rowwise else accel.quantize_tensor
+    q, scale = quantize(x.reshape(-1, 64))
+    emulated = (q.float() * scale) @ (fp8.weight.float() * fp8.weight_scale.reshape(-1, 1)).t()
+    if bias:
+        emulated = emulated + linear.bias.float()
+    torch.testing.assert_close(out.float(), emulated.reshape(3, 7, 32), rtol=1e-2, atol=1e-2)
+    ref = linear(x).float()
+    assert (out.float() - ref).norm() / ref.norm() < 0.06
+
+
+def test_quantize_fp8_swaps_only_the_named_linears_and_the_model_still_runs(model) -> None:
+    quantised = copy.deepcopy(model).to(torch.bfloat16)
+    names = accel.fp8_layer_names(quantised, accel.FP8_RECIPES["video"])
+    accel.quantize_fp8(quantised, accel.FP8_RECIPES["video"], names)
+    swapped = {name for name, module in quantised.named_modules() if isinstance(module, accel.Fp8Linear)}
+    assert swapped == set(names)
+    x = _windows(dtype=torch.bfloat16)[1]
+    out, ref = _sample(quantised, x), _sample(copy.deepcopy(model).to(torch.bfloat16), x)
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref.float()).norm() / ref.float().norm() < 0.25
+
+
+def test_compiled_blocks_build_one_graph_per_window_layout_and_never_recompile(model) -> None:
+    compiled = copy.deepcopy(model)
+    accel.compile_blocks(compiled, backend="eager")
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters["stats"]
+    windows = _windows()
+    before = counters["unique_graphs"]
+    first = [_sample(compiled, x) for x in windows]
+    assert counters["unique_graphs"] - before == 2  # window 0 and window i; both blocks share each graph
+    for _ in range(2):  # more windows, NAG installed and removed around each: no recompiles
+        again = [_sample(compiled, x) for x in windows]
+    assert counters["unique_graphs"] - before == 2
+    for got, want, x in zip(again, first, windows, strict=True):
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got, _sample(model, x))
+
+
+def test_accelerate_without_compile_leaves_the_numbers_alone(model) -> None:
+    fast = copy.deepcopy(model)
+    assert accel.accelerate(fast, accel.AccelSettings(compile=False, attention="sdpa"), "cpu") is None
+    x = _windows()[1]
+    torch.testing.assert_close(_sample(fast, x), _sample(model, x))
+
+
+def test_block_packing_is_aligned_and_disjoint() -> None:
+    tensors = [torch.empty(3, dtype=torch.bfloat16), torch.empty(5, 7), torch.empty(1, dtype=torch.uint8)]
+    offsets, size = accel._offsets(tensors)
+    assert offsets == [0, 256, 512] and size == 513
+    buffer = torch.zeros(size, dtype=torch.uint8)
+    views = [accel._view(buffer, o, t) for o, t in zip(offsets, tensors, strict=True)]
+    assert [(v.shape, v.dtype) for v in views] == [(t.shape, t.dtype) for t in tensors]
+
+
+@needs_cuda
+def test_streamed_blocks_compute_exactly_what_resident_blocks_do() -> None:
+    resident = tiny_transformer().to("cuda", torch.bfloat16)
+    streamed = tiny_transformer().to(torch.bfloat16)
+    streamer = accel.accelerate(
+        streamed, accel.AccelSettings(compile=False, attention="sdpa", offload=True), "cuda"
+    )
+    assert streamer is not None and len(streamer.host) == 2 and all(h.is_pinned() for h in streamer.host)
+    windows = _windows(device="cuda", dtype=torch.bfloat16)
+    for _ in range(2):  # the second pass uses the blocks prefetched at the end of the first
+        for x in windows:
+            torch.testing.assert_close(_sample(streamed, x), _sample(resident, x), rtol=0, atol=0)
+
+
+@needs_cuda
+def test_streaming_recovers_from_an_interrupted_forward() -> None:
+    resident = tiny_transformer().to("cuda", torch.bfloat16)
+    streamed = tiny_transformer().to(torch.bfloat16)
+    accel.accelerate(streamed, accel.AccelSettings(compile=False, attention="sdpa", offload=True), "cuda")
+    x = _windows(device="cuda", dtype=torch.bfloat16)[1]
+
+    def stop(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    handle = streamed.transformer_blocks[0].register_forward_hook(stop)
+    with pytest.raises(KeyboardInterrupt):
+        _sample(streamed, x)
+    handle.remove()
+    torch.testing.assert_close(_sample(streamed, x), _sample(resident, x), rtol=0, atol=0)
+
+
+@needs_cuda
+@pytest.mark.parametrize("recipe", ["video", "video-exact", "video-tensorwise"])
+def test_fp8_on_cuda_equals_its_dequantised_product(recipe: str) -> None:
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("this GPU has no FP8 matmuls")
+    torch.manual_seed(0)
+    linear = nn.Linear(256, 128).to("cuda", torch.bfloat16)
+    x = torch.randn(300, 256, device="cuda", dtype=torch.bfloat16)  # 300 rows: M need not be aligned
+    spec = accel.FP8_RECIPES[recipe]
+    fp8 = accel.Fp8Linear(linear, spec.rowwise, spec.fast_accum)
+    q, scale = (accel.quantize_rows if spec.rowwise else accel.quantize_tensor)(x)
+    emulated = (q.float() * scale) @ (fp8.weight.float() * fp8.weight_scale.reshape(-1, 1)).t()
+    torch.testing.assert_close(fp8(x).float(), emulated + linear.bias.float(), rtol=2e-2, atol=2e-2)
+
+
+@needs_cuda
+def test_accelerate_fp8_offload_compiled_runs_both_layouts(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("AUDIOLOOP_CACHE_DIR", str(tmp_path))
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("this GPU has no FP8 matmuls")
+    reference = tiny_transformer().to("cuda", torch.bfloat16)
+    fast = tiny_transformer().to(torch.bfloat16)
+    settings = dataclasses.replace(accel.AccelSettings(fp8="video", offload=True), attention="sdpa")
+    accel.accelerate(fast, settings, "cuda")
+    assert (tmp_path / "inductor").is_dir()
+    for x in _windows(device="cuda", dtype=torch.bfloat16):
+        out, ref = _sample(fast, x).float(), _sample(reference, x).float()
+        assert (out - ref).norm() / ref.norm() < 0.25
