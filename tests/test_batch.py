@@ -152,7 +152,7 @@ BAD_MANIFESTS = [
         "m.yaml",
         f"- {{{ROW}, output: a.mp4, model: tiny}}\n- {{{ROW}, output: b.mp4}}",
         "{m}: row 2: model 'diffusers/LTX-2.3-Distilled-Diffusers' differs from row 1's 'tiny'; a batch "
-        "renders every row with one model, dtype and device",
+        "renders every row with one model, dtype and device (and one compile, attention, fp8 and offload)",
     ),
     (
         "m.csv",
@@ -238,6 +238,8 @@ MOVED_AND_RETIMED = _changed(
         (_changed(windows=[{"fingerprint": "f0"}, {"fingerprint": "old"}]), 1, RESUMABLE),
         (_changed(windows=[{"fingerprint": "f0"}]), 1, RESUMABLE),
         (_changed(settings={"seed": 1, "sigmas": [1.0, 0.0]}), 0, TO_DO),
+        (_changed(settings={**EXPECTED["settings"], "compile": True, "offload": True}), 2, FINISHED),
+        (_changed(settings={**EXPECTED["settings"], "fp8": True}), 2, RESUMABLE),
         (_changed(inputs={"song": {"sha256": "s1"}, "image": {"sha256": "other"}}), 2, RESUMABLE),
         ({"windows": 3}, 0, TO_DO),
         ({}, 0, TO_DO),

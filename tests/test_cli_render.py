@@ -73,7 +73,15 @@ def test_json_prints_the_sidecar_with_every_setting_window_timing_and_version(fi
     settings = sidecar["settings"]
     assert (settings["width"], settings["height"], settings["window"], settings["seed"]) == (64, 64, 3.56, 5)
     assert settings["adain"] == 0.3 and settings["sigmas"] == [1.0, 0.421875, 0.0]
-    assert sidecar["model"] == {"id": "tiny", "revision": "tiny-v1", "dtype": "float32", "device": "cpu"}
+    accel = {"compile": False, "attention": "sdpa", "fp8": None, "offload": False}  # compile auto: off on CPU
+    assert settings["compile"] == "auto"
+    assert sidecar["model"] == {
+        "id": "tiny",
+        "revision": "tiny-v1",
+        "dtype": "float32",
+        "device": "cpu",
+        "accel": accel,
+    }
     assert sidecar["negative"] == "blurry, distorted face, flickering, text, watermark"
     for key, name in (("song", "song.wav"), ("image", "hero.png"), ("schedule", "schedule.yaml")):
         digest = hashlib.sha256(files[name].read_bytes()).hexdigest()
@@ -145,6 +153,10 @@ def test_a_missing_input_exits_1_with_one_line_before_any_model_loads(
         (["--only-windows", "1"], 1, "window 0 is missing or unreadable"),
         (["-o", "video.avi"], 1, "unsupported output type '.avi'"),
         (["--crf", "60"], 2, "--crf: crf 60 is out of range"),
+        (["--fp8"], 2, "--fp8 needs an NVIDIA GPU with FP8 (Ada/Hopper), not cpu; drop --fp8"),
+        (["--offload"], 2, "--offload needs an NVIDIA GPU, not cpu; drop --offload"),
+        (["--fp8", "--offload"], 2, "--fp8 and --offload need an NVIDIA GPU with FP8 (Ada/Hopper), not cpu"),
+        (["--attention", "xformers"], 2, "attention must be one of sdpa, cudnn, flash, efficient"),
     ],
 )
 def test_bad_flags_and_impossible_settings_exit_before_any_model_loads(
@@ -210,3 +222,35 @@ def test_non_finite_latents_exit_3_naming_the_window(
     assert "window 2: the sampled latents contain NaN or inf (windows 0–1 are kept" in result.stderr
     assert WorkDir(files["song.wav"].with_name("song.mp4.work")).stored() == 2
     assert not files["song.wav"].with_suffix(".mp4").exists()
+
+
+def test_accel_flags_reach_the_accel_settings_before_any_model_loads(
+    files: dict[str, Path], no_model: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audioloop.models.accel import AccelSettings
+
+    seen = []
+
+    def refuse(settings: AccelSettings, device: torch.device) -> None:
+        seen.append(settings)
+        raise ValueError("no FP8 here")
+
+    monkeypatch.setattr("audioloop.job.check_device", refuse)
+    result = run(files, "--compile", "--attention", "cudnn", "--fp8", "--offload")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert seen == [AccelSettings(compile=True, attention="cudnn", fp8="all", offload=True)]
+
+
+def test_no_compile_renders_and_accelerates_the_transformer_once(
+    files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import audioloop.render
+
+    calls = []
+    real = audioloop.render.accelerate
+    monkeypatch.setattr(audioloop.render, "accelerate", lambda *args: calls.append(args[1]) or real(*args))
+    output = files["song.wav"].with_name("out.mkv")
+    result = run(files, "-o", str(output), "--no-compile", "--attention", "sdpa", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"]["accel"]["compile"] is False
+    assert [(c.compile, c.attention) for c in calls] == [(False, "sdpa")]

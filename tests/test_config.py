@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from audioloop.config import DISTILLED, Settings, load_settings, parse_float_list, read_config
+from audioloop.config import _CHOICES, DISTILLED, Settings, load_settings, parse_float_list, read_config
 from audioloop.errors import InputError, SettingsError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,3 +94,16 @@ def test_flag_values_are_validated_like_file_values():
 def test_settings_to_dict_is_json_ready():
     d = Settings().to_dict()
     assert isinstance(d["sigmas"], list) and d["width"] == 832
+
+
+def test_compile_is_auto_true_or_false_and_attention_names_match_accel(tmp_path):
+    from audioloop.models.accel import ATTENTION
+
+    assert _CHOICES["attention"] == tuple(ATTENTION)
+    assert Settings().compile == "auto"
+    for value, expected in (("auto", "auto"), (True, True), (False, False), ("false", False)):
+        assert load_settings(None, {"compile": value}).compile == expected
+    path = tmp_path / "c.yaml"
+    path.write_text("compile: maybe\n")
+    with pytest.raises(SettingsError, match="compile must be auto, true or false"):
+        load_settings(path)

@@ -137,3 +137,9 @@ def test_revision_is_stable_and_follows_configs(tiny_dir: Path, tmp_path: Path, 
     config["norm_eps"] = 1e-5
     config_path.write_text(json.dumps(config))
     assert load_components(str(copy)).revision != first
+
+
+def test_the_transformer_can_load_on_its_own_device() -> None:
+    components = load_components("tiny", transformer_device="meta")
+    assert next(components.transformer.parameters()).device.type == "meta"
+    assert next(components.video_vae.parameters()).device.type == "cpu"

@@ -288,16 +288,16 @@ def upscaled(rendered: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
 @pytest.fixture
 def sampled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The seed of every tile the upscale refines (tile t refines with seed 0 + t)."""
-    import audioloop.upscale
+    import audioloop.render
 
     calls: list[int] = []
-    real = audioloop.upscale.sample_window
+    real = audioloop.render.sample_window
 
     def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
         calls.append(kwargs["seed"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(audioloop.upscale, "sample_window", counting)
+    monkeypatch.setattr(audioloop.render, "sample_window", counting)  # upscale samples through render's
     return calls
 
 
@@ -470,8 +470,9 @@ def test_an_unfinished_render_is_refused_with_what_to_do(rendered: Path, tmp_pat
         (["--tile", "30"], 2, "--tile 30 s is over 20.5 s"),
         (["--tile-overlap", "0"], 2, "--tile-overlap 0 s is under one frame"),
         (["--sigmas", "1,2"], 2, "--sigmas 1,2: sigmas must lie in [0, 1]"),
-        (["--fp8"], 2, "--fp8: not available yet"),
-        (["--fp8", "--offload"], 2, "--fp8 and --offload: not available yet"),
+        (["--fp8"], 2, "--fp8 needs an NVIDIA GPU with FP8 (Ada/Hopper), not cpu; drop --fp8"),
+        (["--offload"], 2, "--offload needs an NVIDIA GPU, not cpu; drop --offload"),
+        (["--attention", "xformers"], 2, "--attention xformers: choose one of sdpa, cudnn, flash, efficient"),
         (["--dtype", "float64"], 2, "--dtype float64: use one of"),
         (["-o", "big.avi"], 1, "unsupported output type '.avi'"),
     ],

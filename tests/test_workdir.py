@@ -238,3 +238,9 @@ def test_an_unwritable_work_dir_is_an_input_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(InputError, match="cannot create the work dir"):
         WorkDir(blocker / "work")
+
+
+def test_fp8_changes_the_fingerprints_and_compile_attention_offload_do_not() -> None:
+    assert prints(dataclasses.replace(SETTINGS, fp8=True)) != prints()
+    speed_only = dataclasses.replace(SETTINGS, compile=True, attention="flash", offload=True)
+    assert prints(speed_only) == prints(dataclasses.replace(SETTINGS, compile=False)) == prints()

@@ -43,7 +43,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from audioloop.cli import plan_song, require_file
-from audioloop.config import Settings, load_settings, setting_values
+from audioloop.config import SPEED_ONLY, Settings, load_settings, setting_values
 from audioloop.errors import AudioloopError, Interrupted, SettingsError
 from audioloop.job import DTYPES, Job, RenderRequest, prepare, resolve_device
 from audioloop.models.load import Components, load_components
@@ -58,7 +58,8 @@ PATHS = ("song", "image", "schedule", "output")  # every row needs these
 SHARED_PATHS = ("image", "schedule")  # the paths defaults may give
 CONFIG = "config"
 SETTING_DEFAULTS = {f.name: f.default for f in fields(Settings)}
-ONE_MODEL = ("model", "dtype", "device")
+# One model loads per process, and its transformer is accelerated once: rows must agree on all of these.
+ONE_MODEL = ("model", "dtype", "device", "compile", "attention", "fp8", "offload")
 SUFFIXES = (".yaml", ".yml", ".csv")
 FINISHED, RESUMABLE, TO_DO = "finished", "resumable", "to do"
 RENDERED, SKIPPED, FAILED = "rendered", "skipped", "failed"
@@ -214,7 +215,8 @@ def check_rows(manifest: Path, rows: Sequence[Row]) -> None:
             if mine != theirs:
                 raise SettingsError(
                     f"{manifest}: row {row.number}: {name} {mine!r} differs from row {rows[0].number}'s "
-                    f"{theirs!r}; a batch renders every row with one model, dtype and device"
+                    f"{theirs!r}; a batch renders every row with one model, dtype and device (and one "
+                    "compile, attention, fp8 and offload)"
                 )
 
 
@@ -241,7 +243,7 @@ def _identity(document: Mapping[str, Any]) -> Any:
     """What a finished render's sidecar must match: settings, window fingerprints, inputs' sha256."""
     try:
         return (
-            document["settings"],
+            {k: v for k, v in document["settings"].items() if k not in SPEED_ONLY},
             [window["fingerprint"] for window in document["windows"]],
             {name: entry["sha256"] for name, entry in document["inputs"].items()},
         )
@@ -422,7 +424,10 @@ def _drop_if_empty(work: Path) -> None:
 def _load(settings: Settings) -> Components:
     """The batch's one model, on this process's device (cuda is this rank's GPU under torchrun)."""
     return load_components(
-        settings.model, device=resolve_device(settings.device), dtype=DTYPES[settings.dtype]
+        settings.model,
+        device=resolve_device(settings.device),
+        dtype=DTYPES[settings.dtype],
+        transformer_device=torch.device("cpu") if settings.offload else None,
     )
 
 

@@ -38,6 +38,23 @@ StartOpt = Annotated[float | None, typer.Option("--start", help="Skip this many 
 DurationOpt = Annotated[float | None, typer.Option("--duration", help="Render at most this many seconds.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Base seed; window i uses seed + i.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+CompileOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--compile/--no-compile", help="torch.compile the transformer blocks (default: on for CUDA)."
+    ),
+]
+AttentionOpt = Annotated[
+    str | None, typer.Option("--attention", help="Attention kernel: sdpa, cudnn, flash or efficient.")
+]
+Fp8Opt = Annotated[
+    bool | None,
+    typer.Option("--fp8", help="FP8 transformer matmuls (NVIDIA Ada/Hopper; changes the numbers)."),
+]
+OffloadOpt = Annotated[
+    bool | None,
+    typer.Option("--offload", help="Stream the transformer blocks from host memory (small GPUs)."),
+]
 
 
 def _version(value: bool) -> None:
@@ -231,6 +248,10 @@ def render(
     crf: Annotated[int | None, typer.Option(help="Output H.264 CRF (0 lossless … 51).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     dtype: Annotated[str | None, typer.Option(help="bfloat16, float16 or float32.")] = None,
+    compile: CompileOpt = None,
+    attention: AttentionOpt = None,
+    fp8: Fp8Opt = None,
+    offload: OffloadOpt = None,
     work_dir: Annotated[
         Path | None, typer.Option(help="Where finished windows are kept (default: OUTPUT.work next to it).")
     ] = None,
@@ -268,6 +289,7 @@ def render(
         flags.update(duration=duration, seed=seed, model=model, sigmas=sigmas, nag=nag, nag_scale=nag_scale)
         flags.update(nag_alpha=nag_alpha, nag_tau=nag_tau, adain=adain, adain_per_frame=adain_per_frame)
         flags.update(per_step_adain=per_step_adain, context=context, crf=crf, device=device, dtype=dtype)
+        flags.update(compile=compile, attention=attention, fp8=fp8, offload=offload)
         settings = load_settings(config, flags)
         if steps is not None:
             settings = replace(settings, sigmas=step_sigmas(settings.sigmas, steps))
@@ -308,7 +330,13 @@ def render(
     if upscale:
         from audioloop.upscale_job import UpscaleRequest
 
-        upscaled = run_or_exit(lambda: run_upscale(UpscaleRequest(Path(f"{result['output']}.json")), quiet))
+        # On the render's device, so with its FP8 and offload (compile and attention follow its settings).
+        request = UpscaleRequest(
+            Path(f"{result['output']}.json"),
+            fp8=result["settings"]["fp8"],
+            offload=result["settings"]["offload"],
+        )
+        upscaled = run_or_exit(lambda: run_upscale(request, quiet))
     if as_json:
         document = result if upscaled is None else {"render": result, "upscale": upscaled}
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
@@ -395,10 +423,10 @@ def upscale(
     dtype: Annotated[
         str | None, typer.Option(help="bfloat16, float16 or float32 (default: the render's).")
     ] = None,
-    fp8: Annotated[bool, typer.Option("--fp8", help="FP8 transformer matmuls (Ada/Hopper).")] = False,
-    offload: Annotated[
-        bool, typer.Option("--offload", help="Stream transformer blocks from host memory.")
-    ] = False,
+    compile: CompileOpt = None,
+    attention: AttentionOpt = None,
+    fp8: Fp8Opt = None,
+    offload: OffloadOpt = None,
     work_dir: Annotated[
         Path | None, typer.Option(help="Where finished tiles are kept (default: OUTPUT.work next to it).")
     ] = None,
@@ -424,8 +452,10 @@ def upscale(
         dtype=dtype,
         work_dir=work_dir,
         resume=resume,
-        fp8=fp8,
-        offload=offload,
+        compile=compile,
+        attention=attention,
+        fp8=bool(fp8),
+        offload=bool(offload),
     )
     result = run_or_exit(lambda: run_upscale(request, quiet))
     if as_json:

@@ -48,6 +48,10 @@ class Settings:
     crf: int = 18
     preset: str = "medium"
     negative: str = DEFAULT_NEGATIVE
+    compile: str | bool = "auto"  # auto: on for CUDA, off for the CPU
+    attention: str = "sdpa"
+    fp8: bool = False
+    offload: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (tuples become lists)."""
@@ -58,7 +62,14 @@ _FIELDS = {f.name: f for f in fields(Settings)}
 _TUPLE_FIELDS = {"sigmas", "per_step_adain"}
 MAX_CRF = 51  # x264's worst quality; 0 is lossless (output) or no round trip (image)
 _RANGES = {"crf": (0, MAX_CRF), "image_crf": (0, MAX_CRF)}
+# The settings that change speed and memory but not the numbers: neither fingerprints nor a batch's
+# "finished" check look at them, so a render resumes across them.
+SPEED_ONLY = ("compile", "attention", "offload")
+COMPILE_CHOICES = ("auto", "true", "false")
+# models/accel.py's ATTENTION names, spelt out so that reading settings never imports diffusers (a test
+# keeps them equal)
 _CHOICES = {
+    "attention": ("sdpa", "cudnn", "flash", "efficient"),
     "context": ("latent", "pixel"),
     "dtype": ("bfloat16", "float16", "float32"),
     "preset": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"),
@@ -81,6 +92,11 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if isinstance(value, list | tuple) and all(isinstance(x, int | float) for x in value):
             return tuple(float(x) for x in value)
         raise SettingsError(f"{origin}: {name} must be a list of numbers, got {value!r}")
+    if name == "compile":
+        text = str(value).lower() if isinstance(value, bool | str) else None
+        if text not in COMPILE_CHOICES:
+            raise SettingsError(f"{origin}: compile must be auto, true or false, got {value!r}")
+        return text if text == "auto" else text == "true"
     default = _FIELDS[name].default
     if name == "duration":
         if value is None:

@@ -24,6 +24,7 @@ from audioloop.errors import InputError, SettingsError
 from audioloop.media.audio import SourceAudio, load_waveform, read_source_audio, slice_window
 from audioloop.media.image import load_image
 from audioloop.media.writer import CONTAINER_FORMATS
+from audioloop.models.accel import DEFAULT_FP8, AccelSettings, check_device
 from audioloop.models.load import check_layout, fingerprint, resolve_model_dir
 from audioloop.models.tiny import REVISION as TINY_REVISION
 from audioloop.plan import SPATIAL, Plan, Window
@@ -77,6 +78,7 @@ class Job:
     device: torch.device
     dtype: torch.dtype
     revision: str
+    accel: AccelSettings
     fingerprints: tuple[str, ...]
     start: int
     margin: int
@@ -140,6 +142,44 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def accel_settings(
+    compile: str | bool, attention: str, fp8: bool, offload: bool, device: torch.device
+) -> AccelSettings:
+    """The transformer's speed and memory settings on `device` (compile auto: on for CUDA only), refused
+    with one line naming the flag and its fix where the device cannot run them; never touches a model."""
+    try:
+        settings = AccelSettings(
+            compile=device.type == "cuda" if compile == "auto" else bool(compile),
+            attention=attention,
+            fp8=DEFAULT_FP8 if fp8 else None,
+            offload=offload,
+        )
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    flags = [flag for flag, on in (("--fp8", fp8), ("--offload", offload)) if on]
+    try:
+        check_device(settings, device)
+    except ValueError as exc:
+        if device.type != "cuda":
+            named = " and ".join(flags)
+            needs = "needs" if len(flags) == 1 else "need"
+            gpu = "an NVIDIA GPU with FP8 (Ada/Hopper)" if fp8 else "an NVIDIA GPU"
+            raise SettingsError(f"{named} {needs} {gpu}, not {device}; drop {named}") from None
+        raise SettingsError(f"{exc}; drop --fp8") from None
+    if attention != "sdpa" and device.type != "cuda":
+        raise SettingsError(
+            f"--attention {attention} is a CUDA kernel, not for {device}; use --attention sdpa"
+        )
+    return settings
+
+
+def fp8_print(fp8: bool) -> list[str]:
+    """What FP8 adds to a fingerprint's model entry: its recipe when on (it changes the numbers), nothing
+    when off, so fingerprints from before FP8 existed still match. Compile, attention and offload change
+    speed and memory only, and stay out so that a render resumes across them."""
+    return [f"fp8-{DEFAULT_FP8}"] if fp8 else []
+
+
 def output_path(song: Path, output: Path | None, inputs: Sequence[Path]) -> Path:
     """The output video: -o as given, else `<song stem>.mp4` next to the song; never one of the inputs."""
     path = Path(output) if output is not None else song.with_suffix(".mp4")
@@ -174,7 +214,8 @@ def window_inputs(
     image: str,
     revision: str,
 ) -> dict[str, Any]:
-    """Everything that shapes one window's latents, for its fingerprint (the previous window is chained on).
+    """Everything that shapes one window's latents, for its fingerprint (the previous window is chained on);
+    of the speed settings only FP8, which changes the numbers (`fp8_print`).
 
     AdaIN, per-step AdaIN and the context mode act on windows i ≥ 1 only, so window 0 leaves them out.
     """
@@ -187,7 +228,7 @@ def window_inputs(
         "negative": negative,
         "sigmas": list(settings.sigmas),
         "nag": [settings.nag_scale, settings.nag_alpha, settings.nag_tau] if settings.nag else None,
-        "model": [revision, settings.dtype],
+        "model": [revision, settings.dtype, *fp8_print(settings.fp8)],
     }
     if window.index:
         inputs["context"] = [plan.ov_lat, settings.context]
@@ -239,6 +280,7 @@ def prepare(request: RenderRequest) -> Job:
     settings, plan = request.settings, request.plan
     sampler = sampler_settings(settings)
     device, dtype = resolve_device(settings.device), DTYPES[settings.dtype]
+    accel = accel_settings(settings.compile, settings.attention, settings.fp8, settings.offload, device)
     count = len(plan.windows)
     only = parse_windows(request.only_windows, count) if request.only_windows is not None else ()
     if only and not request.resume:
@@ -295,6 +337,7 @@ def prepare(request: RenderRequest) -> Job:
         device=device,
         dtype=dtype,
         revision=revision,
+        accel=accel,
         fingerprints=tuple(prints),
         start=start,
         margin=margin,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,16 +33,17 @@ from audioloop.errors import Interrupted, RenderError, SettingsError
 from audioloop.job import Job, audio_slice
 from audioloop.media.audio import log_mel
 from audioloop.media.writer import VideoWriter
+from audioloop.models.accel import AccelSettings, accelerate
 from audioloop.models.latents import decode_video, encode_audio, encode_frames, encode_image
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import TextEmbedding, encode_prompts
 from audioloop.parallel import from_rank0, is_rank0, same_on_every_rank
-from audioloop.plan import TEMPORAL, Window, audio_tokens
+from audioloop.plan import TEMPORAL, Plan, Window, audio_tokens
 from audioloop.progress import RenderProgress
 from audioloop.sampling.adain import adain_frames
-from audioloop.sampling.layout import first_window, next_window
+from audioloop.sampling.layout import WindowLayout, first_window, next_window
 from audioloop.sampling.sequence_parallel import sequence_parallel
-from audioloop.sampling.window import sample_window
+from audioloop.sampling.window import SamplerSettings, sample_window
 from audioloop.sidecar import sidecar
 from audioloop.workdir import cache_dir, finite_latents, write_json
 
@@ -49,6 +51,7 @@ from audioloop.workdir import cache_dir, finite_latents, write_json
 # pixel-context VAE encodes; mux: time the loop waits on the writer (whose thread encodes in parallel) and its
 # final flush.
 STAGES = ("load", "text", "encode", "sampling", "decode", "mux")
+ACCELERATED = "_audioloop_accel"  # set on a transformer once `accelerate` has run on it: (settings, streamer)
 
 
 class Clock:
@@ -143,7 +146,9 @@ def _render(
         )
     progress.status("loading the model")
     with clock("load"):
-        components = components or load_components(request.settings.model, device=job.device, dtype=job.dtype)
+        components = components or load_components(
+            request.settings.model, device=job.device, dtype=job.dtype, transformer_device=home(job.accel)
+        )
     state = _Chain(components, parallel=parallel, writes=not parallel or is_rank0())
     if job.start < len(plan.windows):
         progress.status("encoding prompts")
@@ -153,7 +158,7 @@ def _render(
             state.image_latent = encode_image(components.video_vae, job.image)
         progress.status("loading the transformer")
         with clock("load"):
-            state.transformer = components.transformer
+            state.transformer = accelerated(components.transformer, job.accel, job.device)
     if state.writes:
         job.work.forget_from(job.start)
     writer = _open_writer(job) if state.writes else None
@@ -183,6 +188,23 @@ def _render(
     finally:
         split.close()
     return 0 if writer is None else writer.peak_queued_frames
+
+
+def home(settings: AccelSettings) -> torch.device | None:
+    """Where the transformer loads: the CPU to offload it (`accelerate` streams it from there), else None
+    (the components' device)."""
+    return torch.device("cpu") if settings.offload else None
+
+
+def accelerated(
+    transformer: LTX2VideoTransformer3DModel, settings: AccelSettings, device: torch.device
+) -> LTX2VideoTransformer3DModel:
+    """The transformer with `settings` applied in place (`accel.accelerate`), once per loaded model: a batch
+    reuses its components from row to row, and a later call finds it marked and leaves it as it is."""
+    if getattr(transformer, ACCELERATED, None) is None:
+        streamer = accelerate(transformer, settings, device)
+        setattr(transformer, ACCELERATED, (settings, streamer))
+    return transformer
 
 
 def job_prompts(job: Job) -> list[str]:
@@ -262,8 +284,7 @@ def _sample(job: Job, window: Window, state: _Chain, progress: RenderProgress, c
     request, plan, settings = job.request, job.request.plan, job.request.settings
     components = state.components
     with clock("encode"):
-        mel = log_mel(audio_slice(job.waveform, plan, window))
-        audio = encode_audio(components.audio_vae, mel, audio_tokens(window.px_frames, plan.fps))
+        audio = window_audio(components, job.waveform, plan, window)
         if window.index == 0:
             layout = first_window(state.image_latent, window.lat_frames, plan.fps)
         else:
@@ -272,30 +293,66 @@ def _sample(job: Job, window: Window, state: _Chain, progress: RenderProgress, c
     text = state.texts[request.prompts[window.index].prompt]
     negative = state.texts[job.negative] if job.negative is not None else None
     with clock("sampling"):
-        latents = sample_window(
+        latents = sample_with_text(
             state.transformer,
             layout,
             audio,
-            text.video[None],
-            text.audio[None],
-            None if negative is None else negative.video[None],
-            None if negative is None else negative.audio[None],
-            seed=window.seed,
-            settings=job.sampler,
+            text,
+            negative,
+            window.seed,
+            job.sampler,
+            progress.step,
             reference=state.reference,
-            on_step=progress.step,
         )
         if window.index:
             latents = adain_frames(
                 latents, state.reference, settings.adain, layout.context_frames, settings.adain_per_frame
             )
-        if not finite_latents(latents):
-            kept = f"{finished(window.index)} kept in {job.work.path}" if window.index else "nothing kept"
-            raise RenderError(
-                f"window {window.index}: the sampled latents contain NaN or inf ({kept}); "
-                "try --dtype float32, a lower --nag-scale or another --seed"
-            )
+        refuse_non_finite(latents, window.index, "window", job.work.path)
     return latents
+
+
+def window_audio(components: Components, waveform: Tensor, plan: Plan, window: Window) -> Tensor:
+    """The frozen song tokens of a window (or tile): its exact audio slice → log-mel → audio VAE."""
+    mel = log_mel(audio_slice(waveform, plan, window))
+    return encode_audio(components.audio_vae, mel, audio_tokens(window.px_frames, plan.fps))
+
+
+def sample_with_text(
+    transformer: LTX2VideoTransformer3DModel,
+    layout: WindowLayout,
+    audio: Tensor,
+    text: TextEmbedding,
+    negative: TextEmbedding | None,
+    seed: int,
+    sampler: SamplerSettings,
+    on_step: Callable[[int, int], None],
+    reference: Tensor | None = None,
+) -> Tensor:
+    """sample_window with a prompt's and the negative's embeddings (no negative: no NAG)."""
+    return sample_window(
+        transformer,
+        layout,
+        audio,
+        text.video[None],
+        text.audio[None],
+        None if negative is None else negative.video[None],
+        None if negative is None else negative.audio[None],
+        seed=seed,
+        settings=sampler,
+        reference=reference,
+        on_step=on_step,
+    )
+
+
+def refuse_non_finite(latents: Tensor, index: int, unit: str, work: Path) -> None:
+    """Stop with the window (or tile) named when sampling produced NaN or inf; earlier ones stay stored."""
+    if not finite_latents(latents):
+        kept = f"{finished(index, unit)} kept in {work}" if index else "nothing kept"
+        raise RenderError(
+            f"{unit} {index}: the sampled latents contain NaN or inf ({kept}); "
+            "try --dtype float32, a lower --nag-scale or another --seed"
+        )
 
 
 def _context(

@@ -11,6 +11,7 @@ from typing import Any
 from audioloop import __version__
 from audioloop.decode import DecodeSpan, queue_limit
 from audioloop.job import Job
+from audioloop.models.accel import AccelSettings
 from audioloop.plan import Plan
 from audioloop.schedule import WindowPrompt
 
@@ -49,6 +50,12 @@ def window_table(
     ]
 
 
+def accel_table(settings: AccelSettings) -> dict[str, Any]:
+    """How the transformer ran, as resolved for the device: compile on or off, attention kernel, FP8
+    recipe or None, offload."""
+    return asdict(settings)
+
+
 def decode_table(margin: int, spans: Sequence[DecodeSpan], queue: int, peak: int) -> dict[str, Any]:
     """How the video was decoded: the margin, every span and the writer's queue limit and peak."""
     return {
@@ -80,6 +87,7 @@ def sidecar(job: Job, timings: dict[str, float], peak: int) -> dict[str, Any]:
             "revision": job.revision,
             "dtype": request.settings.dtype,
             "device": str(job.device),
+            "accel": accel_table(job.accel),
         },
         "plan": plan.to_dict(),
         "windows": window_table(plan, request.prompts, job.fingerprints, job.start),

@@ -34,21 +34,26 @@ from torch import Tensor
 
 from audioloop.decode import LatentStream, queue_limit
 from audioloop.errors import Interrupted, RenderError
-from audioloop.job import audio_slice
-from audioloop.media.audio import log_mel
 from audioloop.media.writer import VideoWriter
-from audioloop.models.latents import decode_video, denormalize_video, encode_audio, normalize_video
+from audioloop.models.latents import decode_video, denormalize_video, normalize_video
 from audioloop.models.load import Components, load_components, load_latent_upsampler
 from audioloop.models.text import TextEmbedding, encode_prompts
-from audioloop.plan import Window, audio_tokens
+from audioloop.plan import Window
 from audioloop.progress import RenderProgress
-from audioloop.render import Clock, finished
+from audioloop.render import (
+    Clock,
+    accelerated,
+    finished,
+    home,
+    refuse_non_finite,
+    sample_with_text,
+    window_audio,
+)
 from audioloop.sampling.layout import refine_window
-from audioloop.sampling.window import sample_window
-from audioloop.sidecar import decode_table, versions, window_table
+from audioloop.sidecar import accel_table, decode_table, versions, window_table
 from audioloop.tiles import refined_range, timeline_latents, upsample_range
 from audioloop.upscale_job import REFINE_SIGMAS, Render, UpscaleJob
-from audioloop.workdir import cache_dir, finite_latents, write_json
+from audioloop.workdir import cache_dir, write_json
 
 # load: models and the render's latents; text: prompt encoding (cached); upsample: the latent upsampler;
 # encode: the tiles' audio; refine: sampling; decode and mux as in the render.
@@ -129,7 +134,9 @@ def _upscale(
     tiles = job.tiles
     progress.status("loading the model")
     with clock("load"):
-        components = load_components(job.model, device=job.device, dtype=job.dtype)
+        components = load_components(
+            job.model, device=job.device, dtype=job.dtype, transformer_device=home(job.accel)
+        )
     state = _Tiles(components)
     if job.start < len(tiles.windows):
         progress.status("encoding prompts")
@@ -141,7 +148,7 @@ def _upscale(
         with clock("load"):
             state.timeline = render_timeline(job.render)
             state.upsampler = load_latent_upsampler(job.model, device=job.device, dtype=job.dtype)
-            state.transformer = components.transformer
+            state.transformer = accelerated(components.transformer, job.accel, job.device)
     job.work.forget_from(job.start)
     writer = VideoWriter(
         job.output,
@@ -203,32 +210,17 @@ def _refine(job: UpscaleJob, tile: Window, state: _Tiles, progress: RenderProgre
         fresh = upsample(state.upsampler, components.video_vae, state.timeline[:, :, lo:hi])
         fresh = fresh[:, :, first - lo : end - lo].to(components.device)
     with clock("encode"):
-        mel = log_mel(audio_slice(job.waveform, tiles, tile))
-        audio = encode_audio(components.audio_vae, mel, audio_tokens(tile.px_frames, tiles.fps))
+        audio = window_audio(components, job.waveform, tiles, tile)
         context = tile.lat_frames - fresh.shape[2]
         clean = torch.cat([state.previous[:, :, -context:], fresh], dim=2) if context else fresh
         layout = refine_window(clean, context, tiles.fps)
     text = state.texts[job.prompts[tile.index].prompt]
     negative = state.texts[job.negative] if job.negative is not None else None
     with clock("refine"):
-        latents = sample_window(
-            state.transformer,
-            layout,
-            audio,
-            text.video[None],
-            text.audio[None],
-            None if negative is None else negative.video[None],
-            None if negative is None else negative.audio[None],
-            seed=tile.seed,
-            settings=job.sampler,
-            on_step=progress.step,
+        latents = sample_with_text(
+            state.transformer, layout, audio, text, negative, tile.seed, job.sampler, progress.step
         )
-    if not finite_latents(latents):
-        kept = f"{finished(tile.index, 'tile')} kept in {job.work.path}" if tile.index else "nothing kept"
-        raise RenderError(
-            f"tile {tile.index}: the refined latents contain NaN or inf ({kept}); "
-            "try --dtype float32 or another --seed"
-        )
+    refuse_non_finite(latents, tile.index, "tile", job.work.path)
     return latents
 
 
@@ -269,6 +261,7 @@ def upscale_sidecar(job: UpscaleJob, timings: dict[str, float], peak: int) -> di
             "upsampler_revision": job.upsampler_revision,
             "dtype": str(job.dtype).removeprefix("torch."),
             "device": str(job.device),
+            "accel": accel_table(job.accel),
         },
         "plan": tiles.to_dict(),
         "tiles": window_table(tiles, job.prompts, job.fingerprints, job.start),

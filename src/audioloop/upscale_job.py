@@ -23,15 +23,18 @@ from audioloop.errors import InputError, SettingsError
 from audioloop.job import (
     DTYPES,
     LATENT_CHANNELS,
+    accel_settings,
     audio_slice,
     check_disk,
     disk_needed,
+    fp8_print,
     model_revision,
     output_path,
     resolve_device,
     sampler_settings,
 )
 from audioloop.media.audio import SourceAudio, load_waveform, read_source_audio
+from audioloop.models.accel import AccelSettings
 from audioloop.models.load import upsampler_revision
 from audioloop.plan import SPATIAL, TOKEN_WARN, Plan, Window
 from audioloop.sampling.sampler import check_sigmas
@@ -79,8 +82,9 @@ class Render:
 
 @dataclass(frozen=True)
 class UpscaleRequest:
-    """What the user asked for; None means "as the render had it" (seed, model, device, dtype) or the
-    default (tile: the longest within ~32k tokens)."""
+    """What the user asked for; None means "as the render had it" (seed, model, device, dtype, compile,
+    attention) or the default (tile: the longest within ~32k tokens). FP8 and offload are the upscale's own
+    (off unless asked for)."""
 
     source: Path
     output: Path | None = None
@@ -93,6 +97,8 @@ class UpscaleRequest:
     dtype: str | None = None
     work_dir: Path | None = None
     resume: bool = True
+    compile: bool | None = None
+    attention: str | None = None
     fp8: bool = False
     offload: bool = False
 
@@ -117,6 +123,7 @@ class UpscaleJob:
     upsampler_revision: str
     device: torch.device
     dtype: torch.dtype
+    accel: AccelSettings
     fingerprints: tuple[str, ...]
     start: int
     margin: int
@@ -217,12 +224,12 @@ def tile_inputs(
     prompt: str,
     waveform: Tensor,
     sigmas: tuple[float, ...],
-    model: tuple[str, str, str],
+    model: tuple[str, ...],
 ) -> dict[str, Any]:
     """Everything that shapes one tile's refined latents, for its fingerprint (the previous tile is chained
     on): its place; the render latents it upsamples, named by the fingerprint of the render window that made
     the last of them (which chains every earlier window); its audio slice, prompt, sampling; the model
-    revision, the upsampler's and the dtype."""
+    revision, the upsampler's, the dtype and FP8's recipe when on (`fp8_print`)."""
     lo, hi = upsample_range(tiles, tile, timeline_latents(render.plan))
     settings = render.settings
     return {
@@ -238,17 +245,9 @@ def tile_inputs(
     }
 
 
-def _check_accel(request: UpscaleRequest) -> None:
-    """--fp8 and --offload are accepted but not available until models/accel.py lands."""
-    if request.fp8 or request.offload:
-        flags = " and ".join(f for f, on in (("--fp8", request.fp8), ("--offload", request.offload)) if on)
-        raise SettingsError(f"{flags}: not available yet (models/accel.py has not landed); run without them")
-
-
 def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
     """Read and check the render, plan the tiles, chain their fingerprints and decide where to resume;
     never touches a model."""
-    _check_accel(request)
     sigmas = refine_sigmas(request.sigmas)
     render = read_render(request.source)
     settings = render.settings
@@ -256,6 +255,13 @@ def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
     if dtype_name not in DTYPES:
         raise SettingsError(f"--dtype {dtype_name}: use one of {', '.join(DTYPES)}")
     device = resolve_device(request.device or settings.device)
+    accel = accel_settings(
+        settings.compile if request.compile is None else request.compile,
+        request.attention or settings.attention,
+        request.fp8,
+        request.offload,
+        device,
+    )
     model = request.model or settings.model
     seed = settings.seed if request.seed is None else request.seed
     plan = render.plan
@@ -272,8 +278,9 @@ def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
     audio = read_source_audio(render.song, plan.start, plan.duration)
     prompts = tile_prompts(plan, render.prompts, tiles)
     revisions = (model_revision(model), upsampler_revision(model), dtype_name)
+    model_print = (*revisions, *fp8_print(request.fp8))
     inputs = [
-        tile_inputs(render, tiles, tile, prompt.prompt, waveform, sigmas, revisions)
+        tile_inputs(render, tiles, tile, prompt.prompt, waveform, sigmas, model_print)
         for tile, prompt in zip(tiles.windows, prompts, strict=True)
     ]
     prints = chain(inputs)
@@ -311,6 +318,7 @@ def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
         upsampler_revision=revisions[1],
         device=device,
         dtype=DTYPES[dtype_name],
+        accel=accel,
         fingerprints=tuple(prints),
         start=start,
         margin=margin,

@@ -74,15 +74,22 @@ class Components:
 
 
 def load_components(
-    model: str, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    model: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    transformer_device: str | torch.device | None = None,
 ) -> Components:
-    """Load `tiny` (built in code, no disk), a diffusers-format directory, or a hub id's snapshot."""
+    """Load `tiny` (built in code, no disk), a diffusers-format directory, or a hub id's snapshot. The
+    transformer loads on `transformer_device` when given (the CPU, for `accel.accelerate` to offload it:
+    a small card cannot hold it whole), else on `device` like the rest."""
     device = torch.device(device)
+    home = device if transformer_device is None else torch.device(transformer_device)
     if model == "tiny":
-        return _tiny_components(device, dtype)
+        return _tiny_components(device, dtype, home)
     path = resolve_model_dir(model)
     check_layout(model, path)
-    return _directory_components(model, path, device, dtype)
+    return _directory_components(model, path, device, dtype, home)
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -166,12 +173,14 @@ def max_sequence_length(tokenizer: PreTrainedTokenizerBase) -> int:
     return max(REGISTER_BLOCK, length // REGISTER_BLOCK * REGISTER_BLOCK)
 
 
-def _tiny_components(device: torch.device, dtype: torch.dtype) -> Components:
-    """The tiny model built in code, placed on the device in the dtype."""
+def _tiny_components(
+    device: torch.device, dtype: torch.dtype, transformer_device: torch.device
+) -> Components:
+    """The tiny model built in code, placed on the device (the transformer on its own) in the dtype."""
 
-    def place(module: torch.nn.Module) -> Any:
+    def place(module: torch.nn.Module, where: torch.device = device) -> Any:
         # Built in float32; cast only when asked to, since diffusers warns on any dtype cast through `to()`.
-        module = module.to(device)
+        module = module.to(where)
         return module if dtype == torch.float32 else module.to(dtype)
 
     tokenizer = tiny.tiny_tokenizer()
@@ -182,7 +191,7 @@ def _tiny_components(device: torch.device, dtype: torch.dtype) -> Components:
         audio_vae=place(tiny.tiny_audio_vae()),
         connectors=place(tiny.tiny_connectors()),
         tokenizer=tokenizer,
-        load_transformer=lambda: place(tiny.tiny_transformer()),
+        load_transformer=lambda: place(tiny.tiny_transformer(), transformer_device),
         load_text_encoder=lambda: place(tiny.tiny_text_encoder()),
         max_sequence_length=max_sequence_length(tokenizer),
         device=device,
@@ -190,7 +199,9 @@ def _tiny_components(device: torch.device, dtype: torch.dtype) -> Components:
     )
 
 
-def _directory_components(model: str, path: Path, device: torch.device, dtype: torch.dtype) -> Components:
+def _directory_components(
+    model: str, path: Path, device: torch.device, dtype: torch.dtype, transformer_device: torch.device
+) -> Components:
     """Every component from its subfolder with its class's from_pretrained, never touching the network."""
     diffusers_part = partial(_load_part, path, torch_dtype=dtype, device=device)
     tokenizer = _load_part(path, "tokenizer", AutoTokenizer.from_pretrained)
@@ -201,7 +212,12 @@ def _directory_components(model: str, path: Path, device: torch.device, dtype: t
         audio_vae=diffusers_part("audio_vae", AutoencoderKLLTX2Audio.from_pretrained),
         connectors=diffusers_part("connectors", LTX2TextConnectors.from_pretrained),
         tokenizer=tokenizer,
-        load_transformer=partial(diffusers_part, "transformer", LTX2VideoTransformer3DModel.from_pretrained),
+        load_transformer=partial(
+            diffusers_part,
+            "transformer",
+            LTX2VideoTransformer3DModel.from_pretrained,
+            device=transformer_device,
+        ),
         load_text_encoder=partial(
             _load_part,
             path,

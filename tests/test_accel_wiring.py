@@ -1,0 +1,47 @@
+"""How the commands apply models/accel.py: settings resolved for the device, the transformer accelerated
+once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from audioloop.errors import SettingsError
+from audioloop.job import accel_settings
+from audioloop.models.accel import AccelSettings
+from audioloop.render import accelerated
+
+CPU = torch.device("cpu")
+
+
+def test_compile_auto_is_off_on_the_cpu_and_explicit_values_stand() -> None:
+    assert accel_settings("auto", "sdpa", False, False, CPU) == AccelSettings(compile=False)
+    assert accel_settings(True, "sdpa", False, False, CPU) == AccelSettings(compile=True)
+    with pytest.raises(
+        SettingsError, match="--attention flash is a CUDA kernel, not for cpu; use --attention sdpa"
+    ):
+        accel_settings("auto", "flash", False, False, CPU)
+
+
+@pytest.mark.parametrize(
+    ("fp8", "offload", "message"),
+    [
+        (True, False, "--fp8 needs an NVIDIA GPU with FP8 (Ada/Hopper), not cpu; drop --fp8"),
+        (False, True, "--offload needs an NVIDIA GPU, not cpu; drop --offload"),
+    ],
+)
+def test_fp8_and_offload_are_one_line_settings_errors_off_cuda(
+    fp8: bool, offload: bool, message: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        accel_settings("auto", "sdpa", fp8, offload, CPU)
+    assert str(caught.value) == message and caught.value.exit_code == 2
+
+
+def test_a_transformer_is_accelerated_once_however_often_it_is_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr("audioloop.render.accelerate", lambda *args: calls.append(args))
+    transformer = torch.nn.Linear(2, 2)
+    for _ in range(3):
+        assert accelerated(transformer, AccelSettings(compile=False), CPU) is transformer
+    assert len(calls) == 1
