@@ -49,19 +49,23 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=832)
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
+    parser.add_argument("--fp8", action="store_true", help="FP8 transformer (models/accel.py)")
+    parser.add_argument("--compile", default="auto", choices=("auto", "true", "false"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="audioloop-song-"))
     os.environ["AUDIOLOOP_CACHE_DIR"] = str(work / "cache")  # a cold text cache: the text stage really runs
 
     if args.tiny:
-        settings = load_settings(ROOT / "configs" / "tiny.yaml", {"preset": "medium"})
+        tiny = {"preset": "medium", "compile": args.compile}
+        settings = load_settings(ROOT / "configs" / "tiny.yaml", tiny)
     else:
         model = "fullsize-random"
         job.model_revision = lambda _: "fullsize-random-2.3"
         render.load_components = lambda *_, **__: fullsize.components("cuda", torch.bfloat16)
         flags = {"model": model, "device": "cuda", "dtype": "bfloat16", "width": args.width}
-        settings = load_settings(None, {**flags, "height": args.height})
+        flags.update(height=args.height, fp8=args.fp8, compile=args.compile)
+        settings = load_settings(None, flags)
 
     song, image, schedule = inputs(work, args.seconds)
     planned = plan_song(song, schedule, settings)
@@ -99,6 +103,7 @@ def main() -> None:
         "windows": len(prepared.request.plan.windows),
         "frames": prepared.request.plan.total_frames,
         "steps": len(settings.sigmas) - 1,
+        "accel": document["model"]["accel"],
         "prepare_s": prepare_s,
         "render_wall_s": wall,
         "timings": timings,
