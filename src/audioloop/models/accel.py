@@ -349,7 +349,8 @@ def accelerate(
     if streamer:
         streamer.start()
     transformer.to(device)
-    set_attention(transformer, settings.attention)
+    if settings.attention != "sdpa":  # diffusers' default already: setting it only prints a warning
+        set_attention(transformer, settings.attention)
     if settings.compile:
         use_compile_cache(compile_cache_dir())
         compile_blocks(transformer)
