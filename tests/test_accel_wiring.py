@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from audioloop.config import Settings
 from audioloop.errors import SettingsError
 from audioloop.job import accel_settings
-from audioloop.models.accel import AccelSettings
-from audioloop.render import accelerated
+from audioloop.models.accel import DEFAULT_FP8, AccelSettings
+from audioloop.render import accelerated, home
 
 CPU = torch.device("cpu")
 
@@ -45,3 +46,17 @@ def test_a_transformer_is_accelerated_once_however_often_it_is_asked(monkeypatch
     for _ in range(3):
         assert accelerated(transformer, AccelSettings(compile=False), CPU) is transformer
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("fp8", "offload", "where"),
+    [(False, False, None), (True, False, "cpu"), (False, True, "cpu"), (True, True, "cpu")],
+)
+def test_the_transformer_loads_on_the_cpu_whenever_accelerate_must_move_it_block_by_block(
+    fp8: bool, offload: bool, where: str | None
+) -> None:
+    """FP8 and offload both take the bf16 model from the CPU a block at a time (a small card never holds
+    it); the rule reads the same from the user's Settings (batch) and the resolved AccelSettings (render)."""
+    expected = None if where is None else torch.device(where)
+    assert home(Settings(fp8=fp8, offload=offload)) == expected
+    assert home(AccelSettings(compile=False, fp8=DEFAULT_FP8 if fp8 else None, offload=offload)) == expected

@@ -50,7 +50,7 @@ from audioloop.models.load import Components, load_components
 from audioloop.models.text import encode_prompts
 from audioloop.parallel import init_distributed, torchrun_world
 from audioloop.progress import RenderProgress, RichProgress, silent_libraries
-from audioloop.render import finished, job_prompts, render
+from audioloop.render import finished, home, job_prompts, render
 from audioloop.sidecar import sidecar
 from audioloop.workdir import cache_dir
 
@@ -427,7 +427,7 @@ def _load(settings: Settings) -> Components:
         settings.model,
         device=resolve_device(settings.device),
         dtype=DTYPES[settings.dtype],
-        transformer_device=torch.device("cpu") if settings.offload else None,
+        transformer_device=home(settings),
     )
 
 

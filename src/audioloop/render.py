@@ -28,6 +28,7 @@ import torch.distributed as dist
 from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor
 
+from audioloop.config import Settings
 from audioloop.decode import LatentStream, queue_limit
 from audioloop.errors import Interrupted, RenderError, SettingsError
 from audioloop.job import Job, audio_slice
@@ -190,10 +191,10 @@ def _render(
     return 0 if writer is None else writer.peak_queued_frames
 
 
-def home(settings: AccelSettings) -> torch.device | None:
-    """Where the transformer loads: the CPU to offload it (`accelerate` streams it from there), else None
-    (the components' device)."""
-    return torch.device("cpu") if settings.offload else None
+def home(settings: AccelSettings | Settings) -> torch.device | None:
+    """Where the transformer loads: the CPU to offload or quantise it (`accelerate` moves it a block at a
+    time, so a 24 GB card never holds the bf16 model), else None (the components' device)."""
+    return torch.device("cpu") if settings.offload or settings.fp8 else None
 
 
 def accelerated(
