@@ -25,10 +25,10 @@ import torch
 
 import fullsize
 from audioloop import demo, job, render
-from audioloop.cli import plan_song
 from audioloop.config import load_settings
-from audioloop.job import RenderRequest, prepare
+from audioloop.job import prepare
 from audioloop.progress import RenderProgress
+from audioloop.request import request_for
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -68,19 +68,7 @@ def main() -> None:
         settings = load_settings(None, flags)
 
     song, image, schedule = inputs(work, args.seconds)
-    planned = plan_song(song, schedule, settings)
-    request = RenderRequest(
-        song=song,
-        image=image,
-        schedule=planned["schedule"],
-        plan=planned["plan"],
-        prompts=planned["prompts"],
-        settings=settings,
-        output=work / "song.mp4",
-        work_dir=None,
-        resume=False,
-        only_windows=None,
-    )
+    request, _ = request_for(song, image, schedule, settings, output=work / "song.mp4", resume=False)
     began = time.perf_counter()
     prepared = prepare(request)
     prepare_s = time.perf_counter() - began

@@ -21,7 +21,6 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from audioloop import demo
-from audioloop.cli import plan_song
 from audioloop.config import Settings
 from audioloop.decode import (
     DecodeSpan,
@@ -36,13 +35,14 @@ from audioloop.decode import (
     window_ends,
 )
 from audioloop.errors import InputError, Interrupted, RenderError, SettingsError
-from audioloop.job import RenderRequest, output_path, prepare, step_sigmas
+from audioloop.job import output_path, prepare, step_sigmas
 from audioloop.media.audio import read_source_audio
 from audioloop.media.writer import VideoWriter
 from audioloop.models.latents import decode_video, encode_frames
 from audioloop.models.tiny import tiny_video_vae
 from audioloop.plan import Plan, make_plan
 from audioloop.render import render
+from audioloop.request import request_for
 from audioloop.sampling.layout import unpack_video
 from audioloop.workdir import WorkDir
 
@@ -102,14 +102,11 @@ def render_song(
 ) -> dict[str, Any]:
     """Plan, prepare and render as `audioloop render` does, with BASE settings plus overrides."""
     settings = Settings(**{**BASE, **overrides})
-    planned = plan_song(inputs.song, inputs.schedule, settings)
-    request = RenderRequest(
-        song=inputs.song,
-        image=inputs.image,
-        schedule=planned["schedule"],
-        plan=planned["plan"],
-        prompts=planned["prompts"],
-        settings=settings,
+    request, _ = request_for(
+        inputs.song,
+        inputs.image,
+        inputs.schedule,
+        settings,
         output=output,
         work_dir=work_dir,
         resume=resume,

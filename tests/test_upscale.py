@@ -23,15 +23,16 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from audioloop import demo
-from audioloop.cli import app, plan_song
+from audioloop.cli import app
 from audioloop.config import Settings
 from audioloop.decode import decode_spans, window_ends
 from audioloop.errors import InputError, Interrupted, SettingsError
-from audioloop.job import RenderRequest, prepare
+from audioloop.job import prepare
 from audioloop.models.load import load_latent_upsampler, upsampler_revision
 from audioloop.models.tiny import tiny_latent_upsampler, tiny_video_vae
 from audioloop.plan import Plan, make_plan
 from audioloop.render import render
+from audioloop.request import request_for
 from audioloop.sampling.layout import refine_window, video_coords
 from audioloop.schedule import WindowPrompt
 from audioloop.tiles import (
@@ -242,16 +243,8 @@ def render_song(folder: Path, seconds: float = SONG_S) -> Path:
     demo.hero_image(96, 80).save(folder / "hero.png")
     (folder / "schedule.yaml").write_text(demo.SCHEDULE)
     settings = Settings(**RENDER)
-    planned = plan_song(song, folder / "schedule.yaml", settings)
-    request = RenderRequest(
-        song=song,
-        image=folder / "hero.png",
-        schedule=planned["schedule"],
-        plan=planned["plan"],
-        prompts=planned["prompts"],
-        settings=settings,
-        output=folder / "video.mkv",
-    )
+    schedule, output = folder / "schedule.yaml", folder / "video.mkv"
+    request, _ = request_for(song, folder / "hero.png", schedule, settings, output=output)
     render(prepare(request))
     return folder / "video.mkv"
 

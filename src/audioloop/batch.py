@@ -42,15 +42,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from audioloop.cli import plan_song, require_file
 from audioloop.config import SPEED_ONLY, Settings, load_settings, setting_values
 from audioloop.errors import AudioloopError, Interrupted, SettingsError
-from audioloop.job import DTYPES, Job, RenderRequest, prepare, resolve_device
+from audioloop.job import DTYPES, Job, prepare, resolve_device
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import encode_prompts
 from audioloop.parallel import init_distributed, torchrun_world
 from audioloop.progress import RenderProgress, RichProgress, silent_libraries
 from audioloop.render import finished, home, job_prompts, render
+from audioloop.request import RenderRequest, request_for
 from audioloop.sidecar import sidecar
 from audioloop.workdir import cache_dir
 
@@ -386,18 +386,14 @@ def _run_rows(rows: Sequence[Row], voice: _Voice, rank: int, bars: bool) -> list
 
 def _request(row: Row) -> tuple[RenderRequest, list[str]]:
     """A row's render request as `audioloop render` builds it (image checked, song planned), and warnings."""
-    require_file(row.image, "image", "fix the row's image path")
-    planned = plan_song(row.song, row.schedule, row.settings)
-    request = RenderRequest(
-        song=row.song,
-        image=row.image,
-        schedule=planned["schedule"],
-        plan=planned["plan"],
-        prompts=planned["prompts"],
-        settings=row.settings,
+    return request_for(
+        row.song,
+        row.image,
+        row.schedule,
+        row.settings,
+        image_fix="fix the row's image path",
         output=row.output,
     )
-    return request, planned["warnings"]
 
 
 def _recorded(job: Job) -> dict[str, Any] | None:

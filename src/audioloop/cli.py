@@ -14,7 +14,7 @@ from rich.table import Table
 
 from audioloop import __version__
 from audioloop.config import Settings, load_settings
-from audioloop.errors import AudioloopError, InputError, Interrupted
+from audioloop.errors import AudioloopError, Interrupted
 
 if TYPE_CHECKING:
     from audioloop.upscale_job import UpscaleRequest
@@ -84,13 +84,6 @@ def run_or_exit(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(Interrupted.exit_code) from None
 
 
-def require_file(path: Path, what: str, fix: str) -> Path:
-    """A missing input is an input error (exit 1), not a usage error."""
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found; {fix}")
-    return path
-
-
 def warn(messages: tuple[str, ...] | list[str], quiet: bool = False) -> None:
     """Warnings go to stderr so that --json output stays clean."""
     if not quiet:
@@ -120,38 +113,6 @@ def _plan_table(plan: Any, prompts: Any) -> Table:
             f"[dim]#{prompt.entry}[/] {prompt.prompt}",
         )
     return table
-
-
-def plan_song(song: Path, schedule_path: Path, settings: Settings) -> dict[str, Any]:
-    """Probe the song, plan its windows and assign their prompts; no model is touched."""
-    from audioloop.media.audio import probe_audio
-    from audioloop.plan import make_plan
-    from audioloop.schedule import assign_prompts, load_schedule
-
-    require_file(song, "song", "pass the path of an audio file")
-    require_file(schedule_path, "schedule", "pass a YAML prompt schedule with --schedule")
-    schedule = load_schedule(schedule_path)
-    info = probe_audio(song)
-    plan = make_plan(
-        info.duration,
-        fps=settings.fps,
-        width=settings.width,
-        height=settings.height,
-        window_s=settings.window,
-        overlap_s=settings.overlap,
-        start=settings.start,
-        duration=settings.duration,
-        seed=settings.seed,
-        source=str(song),
-    )
-    prompts, prompt_warnings = assign_prompts(schedule, plan)
-    return {
-        "plan": plan,
-        "prompts": prompts,
-        "schedule": schedule,
-        "warnings": [*plan.warnings, *prompt_warnings],
-        "song": {"path": str(song), "duration": info.duration, "sample_rate": info.sample_rate},
-    }
 
 
 def plan_json(result: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -186,6 +147,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the window plan and each window's prompt, without rendering."""
+    from audioloop.request import plan_song
 
     def body() -> None:
         flags = dict(width=width, height=height, fps=fps, window=window, overlap=overlap)
@@ -278,10 +240,11 @@ def render(
     from contextlib import nullcontext
     from dataclasses import replace
 
-    from audioloop.job import RenderRequest, prepare, step_sigmas
+    from audioloop.job import prepare, step_sigmas
     from audioloop.parallel import is_rank0, split_ranks, torchrun_job, torchrun_world
     from audioloop.progress import RenderProgress, RichProgress, silent_libraries
     from audioloop.render import render as render_job
+    from audioloop.request import request_for
 
     def body() -> dict[str, Any] | None:
         world = split_ranks(sequence_parallel, torchrun_world())
@@ -293,15 +256,11 @@ def render(
         settings = load_settings(config, flags)
         if steps is not None:
             settings = replace(settings, sigmas=step_sigmas(settings.sigmas, steps))
-        require_file(image, "image", "pass the hero image with --image")
-        planned = plan_song(song, schedule, settings)
-        request = RenderRequest(
-            song=song,
-            image=image,
-            schedule=planned["schedule"],
-            plan=planned["plan"],
-            prompts=planned["prompts"],
-            settings=settings,
+        request, warnings = request_for(
+            song,
+            image,
+            schedule,
+            settings,
             output=output,
             work_dir=work_dir,
             resume=resume,
@@ -311,7 +270,7 @@ def render(
         with torchrun_job(world, job.device) as rank_device:
             speaks = is_rank0()  # ranks other than 0 print nothing but errors
             silent = quiet or not speaks
-            warn([*planned["warnings"], *job.warnings], silent)
+            warn([*warnings, *job.warnings], silent)
             with silent_libraries() if silent else nullcontext():
                 progress = RenderProgress() if silent else RichProgress(err)
                 result = render_job(replace(job, device=rank_device), progress, parallel=world > 1)

@@ -28,9 +28,9 @@ from audioloop.models.accel import DEFAULT_FP8, AccelSettings, check_device
 from audioloop.models.load import check_layout, fingerprint, resolve_model_dir
 from audioloop.models.tiny import REVISION as TINY_REVISION
 from audioloop.plan import SPATIAL, Plan, Window
+from audioloop.request import RenderRequest
 from audioloop.sampling.nag import NagSettings
 from audioloop.sampling.window import SamplerSettings
-from audioloop.schedule import Schedule, WindowPrompt
 from audioloop.workdir import (
     WorkDir,
     chain,
@@ -44,22 +44,6 @@ from audioloop.workdir import (
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 VIDEO_BITS_PER_PIXEL = 1.0  # H.264 at CRF 18 spends ~0.1–0.3 bits per pixel on video; 1 leaves room for grain
 LATENT_CHANNELS = 128  # LTX-2.3's latent channels: the disk estimate never needs the model loaded
-
-
-@dataclass(frozen=True)
-class RenderRequest:
-    """What the user asked for: inputs already parsed and planned, settings resolved."""
-
-    song: Path
-    image: Path
-    schedule: Schedule
-    plan: Plan
-    prompts: tuple[WindowPrompt, ...]
-    settings: Settings
-    output: Path | None = None
-    work_dir: Path | None = None
-    resume: bool = True
-    only_windows: str | None = None
 
 
 @dataclass(frozen=True)
