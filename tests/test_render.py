@@ -146,22 +146,6 @@ def reference(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> tuple
     return output, render_song(inputs, output)
 
 
-@pytest.fixture
-def sampled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The index of every window the loop samples (window i samples with seed 0 + i)."""
-    import audioloop.render
-
-    calls: list[int] = []
-    real = audioloop.render.sample_window
-
-    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(kwargs["seed"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(audioloop.render, "sample_window", counting)
-    return calls
-
-
 # Decode spans: pure arithmetic
 
 

@@ -278,22 +278,6 @@ def upscaled(rendered: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     return output, upscale_render(Path(f"{rendered}.work"), output)
 
 
-@pytest.fixture
-def sampled(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The seed of every tile the upscale refines (tile t refines with seed 0 + t)."""
-    import audioloop.render
-
-    calls: list[int] = []
-    real = audioloop.render.sample_window
-
-    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
-        calls.append(kwargs["seed"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(audioloop.render, "sample_window", counting)  # upscale samples through render's
-    return calls
-
-
 def test_the_timeline_is_window_0_then_each_later_windows_new_latents(rendered: Path) -> None:
     source = read_render(Path(f"{rendered}.json"))
     windows = [source.work.load(i) for i in range(2)]
