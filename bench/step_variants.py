@@ -42,6 +42,7 @@ from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
 from audioloop.sampling.window import SamplerSettings, sample_window
+from timing import summary
 from window_step import stock_call
 
 GiB = 2**30
@@ -131,16 +132,6 @@ def wall(fn: Callable[[], object], device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - begin
-
-
-def summary(times: list[float], per: int = 1) -> dict[str, float]:
-    """Median, min and max over repeats, divided by per (steps per call)."""
-    return {
-        "median": statistics.median(times) / per,
-        "min": min(times) / per,
-        "max": max(times) / per,
-        "n": len(times),
-    }
 
 
 def graphs() -> int:

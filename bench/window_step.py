@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from audioloop.sampling.layout import next_window
 from audioloop.sampling.nag import NagAttnProcessor, NagSettings, combine, nag_combine, nag_text
 from audioloop.sampling.sampler import DISTILLED_SIGMAS, token_timesteps
 from audioloop.sampling.window import SamplerSettings, sample_window
+from timing import summary
 
 GiB = 2**30
 
@@ -41,16 +41,6 @@ def cuda_time(fn, repeats: int, warmup: int = 1) -> list[float]:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return times
-
-
-def summary(times: list[float], per: int = 1) -> dict[str, float]:
-    """Median, min and max of times divided by per (steps per call)."""
-    return {
-        "median": statistics.median(times) / per,
-        "min": min(times) / per,
-        "max": max(times) / per,
-        "n": len(times),
-    }
 
 
 def peak(fn) -> float:
