@@ -15,6 +15,7 @@ from rich.table import Table
 from audioloop import __version__
 from audioloop.config import Settings, load_settings
 from audioloop.errors import AudioloopError, Interrupted
+from audioloop.schedule import format_time
 
 if TYPE_CHECKING:
     from audioloop.upscale_job import UpscaleRequest
@@ -91,11 +92,6 @@ def warn(messages: tuple[str, ...] | list[str], quiet: bool = False) -> None:
             err.print(f"[yellow]warning:[/] {message}")
 
 
-def _fmt_time(seconds: float) -> str:
-    minutes, secs = divmod(seconds, 60)
-    return f"{int(minutes)}:{secs:05.2f}"
-
-
 def _plan_table(plan: Any, prompts: Any) -> Table:
     table = Table(
         title=f"{len(plan.windows)} windows · {plan.width}×{plan.height} @ {plan.fps:g} fps · "
@@ -107,7 +103,7 @@ def _plan_table(plan: Any, prompts: Any) -> Table:
     for window, prompt in zip(plan.windows, prompts, strict=True):
         table.add_row(
             str(window.index),
-            f"{_fmt_time(window.song_start)}–{_fmt_time(window.song_end)}",
+            f"{format_time(window.song_start)}–{format_time(window.song_end)}",
             f"{window.keep_start}–{window.keep_end - 1}",
             str(window.seed),
             f"[dim]#{prompt.entry}[/] {prompt.prompt}",
