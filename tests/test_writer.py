@@ -241,7 +241,8 @@ def test_write_after_close_is_an_error(tmp_path: Path) -> None:
     assert files_in(tmp_path) == ["out.mp4"]
 
 
-def test_queue_is_bounded_while_the_encoder_is_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def gate_encoder(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Make every VideoWriter's encoder thread wait for the returned event before each chunk."""
     gate = threading.Event()
     encode = VideoWriter._encode_frames
 
@@ -250,6 +251,11 @@ def test_queue_is_bounded_while_the_encoder_is_slow(tmp_path: Path, monkeypatch:
         encode(self, piece)
 
     monkeypatch.setattr(VideoWriter, "_encode_frames", gated_encoder)
+    return gate
+
+
+def test_queue_is_bounded_while_the_encoder_is_slow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = gate_encoder(monkeypatch)
     frames = moving_bars(40)
     writer = VideoWriter(
         tmp_path / "out.mkv", width=W, height=H, fps=25, audio=None, total_frames=40, max_queued_frames=4
@@ -267,6 +273,36 @@ def test_queue_is_bounded_while_the_encoder_is_slow(tmp_path: Path, monkeypatch:
     assert writer.peak_queued_frames == 4
     decoded, _ = decode(tmp_path / "out.mkv")
     assert np.abs(decoded.astype(int) - frames).mean() < 6
+
+
+def test_abort_from_another_thread_releases_a_blocked_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decoder thread waiting on a full queue must not hang when the render aborts the writer."""
+    gate = gate_encoder(monkeypatch)
+    writer = VideoWriter(
+        tmp_path / "out.mkv", width=W, height=H, fps=25, audio=None, total_frames=40, max_queued_frames=4
+    )
+    raised: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for chunk in np.split(moving_bars(40), 10):
+                writer.write(chunk)
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    deadline = time.monotonic() + 30
+    while writer.peak_queued_frames < 4 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    threading.Timer(0.2, gate.set).start()
+    writer.abort()
+    producer.join(timeout=30)
+    assert not producer.is_alive()
+    assert len(raised) == 1 and "already aborted" in str(raised[0])
+    assert files_in(tmp_path) == []
 
 
 @pytest.mark.parametrize(

@@ -198,15 +198,19 @@ class VideoWriter:
             if not owned or len(piece) < len(array):
                 piece = piece.copy()
             with self._cond:
-                while self._queued + len(piece) > self._max_queued and self._error is None:
+                while self._queued + len(piece) > self._max_queued and self._accepting():
                     self._cond.wait()
-                if self._error is None:
+                if self._accepting():
                     self._queue.append(piece)
                     self._queued += len(piece)
                     self.peak_queued_frames = max(self.peak_queued_frames, self._queued)
                     self._cond.notify_all()
             self._check_open()
         self._written += len(array)
+
+    def _accepting(self) -> bool:
+        """Whether queued frames will still be encoded: no encoder error, no abort (from another thread)."""
+        return self._error is None and not self._aborted
 
     def _as_array(self, frames: torch.Tensor | np.ndarray) -> tuple[np.ndarray, bool]:
         """Validated frames as a host numpy array, and whether it is a private copy (safe to queue as is)."""
