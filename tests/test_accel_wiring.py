@@ -8,7 +8,7 @@ import torch
 
 from audioloop.config import Settings
 from audioloop.errors import SettingsError
-from audioloop.job import accel_settings
+from audioloop.job import BACKGROUND_DECODE_MIN_GIB, accel_settings, background_decode
 from audioloop.models.accel import DEFAULT_FP8, AccelSettings
 from audioloop.render import accelerated, home
 
@@ -22,6 +22,23 @@ def test_compile_auto_is_off_on_the_cpu_and_explicit_values_stand() -> None:
         SettingsError, match="--attention flash is a CUDA kernel, not for cpu; use --attention sdpa"
     ):
         accel_settings("auto", "flash", False, False, CPU)
+
+
+def test_background_decode_auto_needs_a_large_cuda_card_and_no_offload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cuda = torch.device("cuda")
+    total = {"memory": 80 * 2**30}
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda _: type("P", (), {"total_memory": total["memory"]})
+    )
+    assert background_decode("auto", cuda, offload=False)
+    assert not background_decode("auto", cuda, offload=True)
+    assert not background_decode("auto", CPU, offload=False)
+    total["memory"] = BACKGROUND_DECODE_MIN_GIB * 2**30 - 1
+    assert not background_decode("auto", cuda, offload=False)
+    assert background_decode(True, cuda, offload=True) and background_decode(True, CPU, offload=False)
+    assert not background_decode(False, cuda, offload=False)
 
 
 @pytest.mark.parametrize(

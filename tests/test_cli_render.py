@@ -94,9 +94,19 @@ def test_json_prints_the_sidecar_with_every_setting_window_timing_and_version(fi
     assert all(w["sampled"] and len(w["fingerprint"]) == 64 for w in windows)
     assert sidecar["plan"]["total_frames"] == 160 and len(sidecar["plan"]["windows"]) == 3
 
-    assert set(sidecar["timings"]) == {"load", "text", "encode", "sampling", "decode", "mux", "total"}
+    assert set(sidecar["timings"]) == {
+        "load",
+        "text",
+        "encode",
+        "sampling",
+        "decode",
+        "mux",
+        "decode_busy",
+        "total",
+    }
     assert all(t >= 0 for t in sidecar["timings"].values())
-    assert sidecar["timings"]["total"] >= sum(t for k, t in sidecar["timings"].items() if k != "total")
+    stages = sum(t for k, t in sidecar["timings"].items() if k not in ("total", "decode_busy"))
+    assert sidecar["timings"]["total"] >= stages
     assert sidecar["versions"]["audioloop"] == __version__
     assert set(sidecar["versions"]) == {"audioloop", "python", "torch", "diffusers", "transformers", "av"}
     assert sidecar["decode"]["margin"] == 8 and len(sidecar["decode"]["spans"]) == 3

@@ -107,3 +107,13 @@ def test_compile_is_auto_true_or_false_and_attention_names_match_accel(tmp_path)
     path.write_text("compile: maybe\n")
     with pytest.raises(SettingsError, match="compile must be auto, true or false"):
         load_settings(path)
+
+
+def test_background_decode_is_auto_true_or_false(tmp_path):
+    assert Settings().background_decode == "auto"
+    for value, expected in (("auto", "auto"), (True, True), ("False", False)):
+        assert load_settings(None, {"background_decode": value}).background_decode == expected
+    path = tmp_path / "c.yaml"
+    path.write_text("background_decode: 2\n")
+    with pytest.raises(SettingsError, match="background_decode must be auto, true or false"):
+        load_settings(path)

@@ -7,6 +7,7 @@ import dataclasses
 import itertools
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ from audioloop.media.writer import VideoWriter
 from audioloop.models.latents import decode_video, encode_frames
 from audioloop.models.tiny import tiny_video_vae
 from audioloop.plan import Plan, make_plan
-from audioloop.render import render
+from audioloop.render import Clock, render
 from audioloop.request import request_for
 from audioloop.sampling.layout import unpack_video
 from audioloop.workdir import WorkDir
@@ -173,6 +174,15 @@ def test_decode_spans_of_a_three_window_render() -> None:
     assert queue_limit(plan, decode_spans(plan, 8)) == 178 - 169
 
 
+def test_decode_spans_wait_for_enough_new_frames() -> None:
+    plan = plan_of(6.4)
+    assert decode_spans(plan, 8, min_new=40) == (
+        DecodeSpan(window=1, start=0, end=18, emit_start=0, emit_end=73),
+        DecodeSpan(window=2, start=2, end=24, emit_start=73, emit_end=160),
+    )
+    assert decode_spans(plan, 8, min_new=1000) == (DecodeSpan(2, 0, 24, 0, 160),)
+
+
 def test_decode_spans_at_the_default_geometry() -> None:
     plan = plan_of(210.0, width=832, height=480, window_s=19.88, overlap_s=2.0)
     spans = decode_spans(plan, decode_margin(plan))
@@ -210,20 +220,22 @@ def test_margin_must_be_positive() -> None:
     overlap_fraction=st.floats(0.01, 0.95),
     seconds=st.floats(0.2, 200.0),
     margin=st.integers(1, 12),
+    min_new=st.one_of(st.just(1), st.integers(1, 2000)),
 )
 def test_decode_spans_emit_every_frame_exactly_once_with_margin(
-    fps: float, window_s: float, overlap_fraction: float, seconds: float, margin: int
+    fps: float, window_s: float, overlap_fraction: float, seconds: float, margin: int, min_new: int
 ) -> None:
     try:
         plan = plan_of(seconds, fps=fps, window_s=window_s, overlap_s=window_s * overlap_fraction)
     except (SettingsError, InputError):
         reject()
     ends = window_ends(plan)
-    spans = decode_spans(plan, margin)
+    spans = decode_spans(plan, margin, min_new)
     emitted = [f for span in spans for f in range(span.emit_start, span.emit_end)]
     assert emitted == list(range(plan.total_frames))
     for span in spans:
         last = span.window == len(plan.windows) - 1
+        assert last or span.emit_end - span.emit_start >= min_new
         assert span.end == ends[span.window]
         assert span.start == 0 or latent_of(span.emit_start) - span.start >= margin
         assert last or span.end - latent_of(span.emit_end - 1) > margin
@@ -253,6 +265,64 @@ def test_latent_stream_puts_every_frame_where_its_latent_is() -> None:
     frames = torch.cat(out)
     assert frames.tolist() == [latent_of(f) for f in range(plan.total_frames)]
     assert decoded == [s.end - s.start for s in spans]
+
+
+def stream_frames(
+    plan: Plan, background: bool, fail_at: int | None = None
+) -> tuple[list[torch.Tensor], float]:
+    """Push a timeline of latent indices through a LatentStream whose stand-in decoder paints each frame
+    with its latent; return the emitted chunks and the stream's busy seconds."""
+    out: list[torch.Tensor] = []
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        if fail_at is not None and len(out) == fail_at:
+            raise RuntimeError("decoder failed")
+        time.sleep(0.01)
+        index = torch.tensor([latent_of(d) for d in range(decoded_frames(z.shape[2]))])
+        return z[0, 0, index, 0, 0]
+
+    stream = LatentStream(plan, decode_spans(plan, 4), decode, out.append, background=background)
+    try:
+        for window in plan.windows:
+            offset = window.index * plan.new_lat
+            stream.push(
+                window.index, torch.arange(offset, offset + window.lat_frames).float().view(1, 1, -1, 1, 1)
+            )
+    finally:
+        stream.close()
+    return out, stream.busy
+
+
+def test_background_decoding_emits_the_same_frames_in_the_same_order() -> None:
+    plan = plan_of(12.0)
+    inline, inline_busy = stream_frames(plan, background=False)
+    background, background_busy = stream_frames(plan, background=True)
+    assert [c.tolist() for c in background] == [c.tolist() for c in inline]
+    assert torch.cat(background).tolist() == [latent_of(f) for f in range(plan.total_frames)]
+    spans = len(decode_spans(plan, 4))
+    assert inline_busy >= 0.01 * spans and background_busy >= 0.01 * spans
+
+
+def test_a_background_decoder_error_reaches_the_caller_and_stops_the_stream() -> None:
+    plan = plan_of(12.0)
+    with pytest.raises(RuntimeError, match="decoder failed"):
+        stream_frames(plan, background=True, fail_at=1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
+
+
+def test_a_stage_inside_another_pauses_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading Gemma while encoding text counts as load, not text; stages add up to the wall time."""
+    now = iter([0.0, 1.0, 4.0, 6.0, 10.0, 11.0, 12.0, 13.0])
+    monkeypatch.setattr(time, "perf_counter", lambda: next(now))
+    clock = Clock(("load", "text"))
+    with clock("text"):  # 0
+        with clock("load"):  # 1
+            assert clock.current == "load"
+        assert clock.current == "text"  # 4
+    assert clock.seconds == {"load": 3.0, "text": 3.0}  # 6
+    with pytest.raises(MemoryError), clock("text"), clock("load"):  # 10, 11, out at 12, 13
+        raise MemoryError
+    assert clock.current == "load"
 
 
 def test_latent_stream_refuses_windows_out_of_order() -> None:
@@ -537,3 +607,24 @@ def test_out_of_memory_names_the_settings_to_lower(
     ):
         render_song(inputs, tmp_path / "video.mp4")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4.work"]
+
+
+def test_a_render_decoding_in_the_background_is_the_same_video(inputs: Inputs, tmp_path: Path) -> None:
+    inline = render_song(inputs, tmp_path / "inline.mkv", background_decode=False)
+    beside = render_song(inputs, tmp_path / "beside.mkv", background_decode=True)
+    assert (inline["decode"]["background"], beside["decode"]["background"]) == (False, True)
+    assert beside["timings"]["decode_busy"] > 0
+    np.testing.assert_array_equal(frames_of(tmp_path / "beside.mkv"), frames_of(tmp_path / "inline.mkv"))
+
+
+def test_out_of_memory_in_the_background_decoder_names_its_switch(
+    inputs: Inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def out_of_memory(*args: Any, **kwargs: Any) -> torch.Tensor:
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr("audioloop.render.decode_video", out_of_memory)
+    with pytest.raises(RenderError, match=r"out of GPU memory during decode .*use --no-background-decode or"):
+        render_song(inputs, tmp_path / "video.mp4", background_decode=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4.work"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("decode")]

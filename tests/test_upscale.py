@@ -28,6 +28,7 @@ from audioloop.config import Settings
 from audioloop.decode import decode_spans, window_ends
 from audioloop.errors import InputError, Interrupted, SettingsError
 from audioloop.job import prepare
+from audioloop.models.accel import DEFAULT_FP8, AccelSettings
 from audioloop.models.load import load_latent_upsampler, upsampler_revision
 from audioloop.models.tiny import tiny_latent_upsampler, tiny_video_vae
 from audioloop.plan import Plan, make_plan
@@ -49,7 +50,14 @@ from audioloop.tiles import (
     window_of,
 )
 from audioloop.upscale import render_timeline, upsample, upscale
-from audioloop.upscale_job import REFINE_SIGMAS, UpscaleRequest, prepare_upscale, read_render, refine_sigmas
+from audioloop.upscale_job import (
+    REFINE_SIGMAS,
+    UpscaleRequest,
+    prepare_upscale,
+    read_render,
+    refine_sigmas,
+    span_tiles,
+)
 from audioloop.workdir import WorkDir
 
 RENDER = {
@@ -315,6 +323,7 @@ def test_the_upscale_is_twice_the_size_with_the_same_frames_fps_and_audio(
         "refine",
         "decode",
         "mux",
+        "decode_busy",
         "total",
     }
 
@@ -502,3 +511,8 @@ def test_render_with_upscale_renders_then_upscales(tmp_path: Path) -> None:
     assert documents["upscale"]["output"] == str(tmp_path / "v.2x.mp4")
     with av.open(str(tmp_path / "v.2x.mp4")) as container:
         assert (container.streams.video[0].width, container.streams.video[0].frames) == (128, 25)
+
+
+def test_a_decode_span_covers_two_tiles_only_where_the_weights_leave_room() -> None:
+    assert span_tiles(AccelSettings()) == 1
+    assert span_tiles(AccelSettings(fp8=DEFAULT_FP8)) == span_tiles(AccelSettings(offload=True)) == 2

@@ -56,6 +56,14 @@ OffloadOpt = Annotated[
     bool | None,
     typer.Option("--offload", help="Stream the transformer blocks from host memory (small GPUs)."),
 ]
+BackgroundOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--background-decode/--no-background-decode",
+        help="Decode each window while the next samples (~15 GB more GPU memory; default: on for CUDA "
+        "cards of 64 GB or more, unless --offload).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -210,6 +218,7 @@ def render(
     attention: AttentionOpt = None,
     fp8: Fp8Opt = None,
     offload: OffloadOpt = None,
+    background_decode: BackgroundOpt = None,
     work_dir: Annotated[
         Path | None, typer.Option(help="Where finished windows are kept (default: OUTPUT.work next to it).")
     ] = None,
@@ -249,6 +258,7 @@ def render(
         flags.update(nag_alpha=nag_alpha, nag_tau=nag_tau, adain=adain, adain_per_frame=adain_per_frame)
         flags.update(per_step_adain=per_step_adain, context=context, crf=crf, device=device, dtype=dtype)
         flags.update(compile=compile, attention=attention, fp8=fp8, offload=offload)
+        flags.update(background_decode=background_decode)
         settings = load_settings(config, flags)
         if steps is not None:
             settings = replace(settings, sigmas=step_sigmas(settings.sigmas, steps))
@@ -382,6 +392,13 @@ def upscale(
     attention: AttentionOpt = None,
     fp8: Fp8Opt = None,
     offload: OffloadOpt = None,
+    background_decode: Annotated[
+        bool,
+        typer.Option(
+            "--background-decode/--no-background-decode",
+            help="Decode while the next tiles refine (off by default: beyond 60 GB at 1664×960).",
+        ),
+    ] = False,
     work_dir: Annotated[
         Path | None, typer.Option(help="Where finished tiles are kept (default: OUTPUT.work next to it).")
     ] = None,
@@ -411,6 +428,7 @@ def upscale(
         attention=attention,
         fp8=bool(fp8),
         offload=bool(offload),
+        background_decode=background_decode,
     )
     result = run_or_exit(lambda: run_upscale(request, quiet))
     if as_json:

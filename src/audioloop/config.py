@@ -52,6 +52,7 @@ class Settings:
     attention: str = "sdpa"
     fp8: bool = False
     offload: bool = False
+    background_decode: str | bool = "auto"  # auto: on for CUDA cards of 64 GiB or more, unless offloading
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (tuples become lists)."""
@@ -64,8 +65,9 @@ MAX_CRF = 51  # x264's worst quality; 0 is lossless (output) or no round trip (i
 _RANGES = {"crf": (0, MAX_CRF), "image_crf": (0, MAX_CRF)}
 # The settings that change speed and memory but not the numbers: neither fingerprints nor a batch's
 # "finished" check look at them, so a render resumes across them.
-SPEED_ONLY = ("compile", "attention", "offload")
-COMPILE_CHOICES = ("auto", "true", "false")
+SPEED_ONLY = ("compile", "attention", "offload", "background_decode")
+AUTO_CHOICES = ("auto", "true", "false")
+_AUTO_FIELDS = {"compile", "background_decode"}
 # models/accel.py's ATTENTION names, spelt out so that reading settings never imports diffusers (a test
 # keeps them equal)
 _CHOICES = {
@@ -92,10 +94,10 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         if isinstance(value, list | tuple) and all(isinstance(x, int | float) for x in value):
             return tuple(float(x) for x in value)
         raise SettingsError(f"{origin}: {name} must be a list of numbers, got {value!r}")
-    if name == "compile":
+    if name in _AUTO_FIELDS:
         text = str(value).lower() if isinstance(value, bool | str) else None
-        if text not in COMPILE_CHOICES:
-            raise SettingsError(f"{origin}: compile must be auto, true or false, got {value!r}")
+        if text not in AUTO_CHOICES:
+            raise SettingsError(f"{origin}: {name} must be auto, true or false, got {value!r}")
         return text if text == "auto" else text == "true"
     default = _FIELDS[name].default
     if name == "duration":

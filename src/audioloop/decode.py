@@ -19,7 +19,10 @@ window could not otherwise keep a decode span plus the writer's queue within two
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -71,9 +74,11 @@ def window_ends(plan: Plan) -> tuple[int, ...]:
     return tuple(w.index * plan.new_lat + w.lat_frames for w in plan.windows)
 
 
-def decode_spans(plan: Plan, margin: int) -> tuple[DecodeSpan, ...]:
-    """The decode after each window that has frames ready: every output frame emitted exactly once, in order,
-    each with `margin` latents of context on both sides except at the start and end of the video."""
+def decode_spans(plan: Plan, margin: int, min_new: int = 1) -> tuple[DecodeSpan, ...]:
+    """The decode after each window that has at least `min_new` new frames ready (the last window: any):
+    every output frame emitted exactly once, in order, each with `margin` latents of context on both sides
+    except at the start and end of the video. A larger `min_new` decodes less often, in longer spans, so
+    the margins cost less (the upscale's short tiles)."""
     if margin < 1:
         raise ValueError(f"the decode margin must be at least 1 latent, got {margin}")
     ends = window_ends(plan)
@@ -82,7 +87,7 @@ def decode_spans(plan: Plan, margin: int) -> tuple[DecodeSpan, ...]:
     for index, end in enumerate(ends):
         last = index == len(ends) - 1
         ready = plan.total_frames if last else min(plan.total_frames, first_frame(max(0, end - margin)))
-        if ready <= emitted:
+        if ready <= emitted or (not last and ready - emitted < min_new):
             continue
         start = max(0, latent_of(emitted) - margin)
         spans.append(DecodeSpan(index, start, end, emitted, ready))
@@ -113,6 +118,9 @@ class LatentStream:
 
     Only the latents a later span still needs are kept, so memory does not grow with the song's length.
     `decode` maps latents [1, C, L, h, w] to uint8 frames [8(L−1)+1, H, W, 3]; `emit` receives the frames.
+    With `background`, each span decodes and emits on a worker thread (on CUDA, on a side stream) while the
+    caller samples the next window; one span at a time, so at most one span's frames exist beside the
+    writer's queue. `busy` is the seconds spent decoding, wherever it ran.
     """
 
     def __init__(
@@ -121,6 +129,7 @@ class LatentStream:
         spans: tuple[DecodeSpan, ...],
         decode: Callable[[Tensor], Tensor],
         emit: Callable[[Tensor], None],
+        background: bool = False,
     ) -> None:
         self._new_lat = plan.new_lat
         self._spans = {span.window: span for span in spans}
@@ -129,9 +138,13 @@ class LatentStream:
         self._latents: Tensor | None = None
         self._base = 0
         self._end = 0
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="decode") if background else None
+        self._pending: Future[None] | None = None
+        self.busy = 0.0
 
     def push(self, index: int, latents: Tensor) -> None:
-        """Add window `index`'s final latents (windows in order), then decode and emit what is ready."""
+        """Add window `index`'s final latents (windows in order), then decode and emit what is ready; in the
+        background, first wait for the previous span (its error is raised here)."""
         offset = index * self._new_lat
         if offset > self._end:
             raise ValueError(
@@ -143,10 +156,52 @@ class LatentStream:
         span = self._spans.get(index)
         if span is None:
             return
-        frames = self._decode(self._latents[:, :, span.start - self._base : span.end - self._base])
-        self._emit(frames[span.offset : span.offset + span.emit_end - span.emit_start])
+        chosen = self._latents[:, :, span.start - self._base : span.end - self._base]
+        if self._worker is None:
+            self._run(span, chosen, None)
+        else:
+            self.wait()
+            chosen = chosen.clone()
+            ready = torch.cuda.current_stream(chosen.device).record_event() if chosen.is_cuda else None
+            self._pending = self._worker.submit(self._run, span, chosen, ready)
         later = [s.start for s in self._spans.values() if s.window > index]
         if later:
             keep = min(later)
             self._latents = self._latents[:, :, keep - self._base :].clone()
             self._base = keep
+
+    def wait(self) -> None:
+        """Wait for the span decoding in the background, if any; raise its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last span and stop the worker; on error too, so no thread outlives the stream."""
+        try:
+            self.wait()
+        finally:
+            if self._worker is not None:
+                self._worker.shutdown()
+
+    def _run(self, span: DecodeSpan, latents: Tensor, ready: torch.cuda.Event | None) -> None:
+        """Decode one span and emit its frames; `ready` (CUDA) marks the caller's stream producing latents."""
+        began = time.perf_counter()
+        with _side_stream(latents, ready):
+            frames = self._decode(latents)
+        self.busy += time.perf_counter() - began
+        self._emit(frames[span.offset : span.offset + span.emit_end - span.emit_start])
+
+
+@contextmanager
+def _side_stream(latents: Tensor, ready: torch.cuda.Event | None) -> Iterator[None]:
+    """Run the block on a fresh CUDA stream that first waits for `ready` (and keeps `latents`' memory from
+    reuse until its work is done), or as it is (CPU, or decoding inline)."""
+    if ready is None:
+        yield
+        return
+    stream = torch.cuda.Stream(latents.device)
+    stream.wait_event(ready)
+    latents.record_stream(stream)
+    with torch.cuda.stream(stream):
+        yield

@@ -44,6 +44,9 @@ from audioloop.workdir import (
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 VIDEO_BITS_PER_PIXEL = 1.0  # H.264 at CRF 18 spends ~0.1–0.3 bits per pixel on video; 1 leaves room for grain
 LATENT_CHANNELS = 128  # LTX-2.3's latent channels: the disk estimate never needs the model loaded
+# A decode beside sampling holds ~15 GiB of VAE work (bench/RESULTS.md) on top of the transformer's 23-40 GiB:
+# auto turns it on only for cards with room for both.
+BACKGROUND_DECODE_MIN_GIB = 64
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class Job:
     dtype: torch.dtype
     revision: str
     accel: AccelSettings
+    background: bool
     fingerprints: tuple[str, ...]
     start: int
     margin: int
@@ -155,6 +159,16 @@ def accel_settings(
             f"--attention {attention} is a CUDA kernel, not for {device}; use --attention sdpa"
         )
     return settings
+
+
+def background_decode(choice: str | bool, device: torch.device, offload: bool) -> bool:
+    """Whether each window decodes on a side stream while the next one samples (auto: on CUDA cards of
+    BACKGROUND_DECODE_MIN_GIB or more, unless offloading, whose point is a small card)."""
+    if choice != "auto":
+        return bool(choice)
+    if device.type != "cuda" or offload:
+        return False
+    return torch.cuda.get_device_properties(device).total_memory >= BACKGROUND_DECODE_MIN_GIB * 2**30
 
 
 def fp8_print(fp8: bool) -> list[str]:
@@ -322,6 +336,7 @@ def prepare(request: RenderRequest) -> Job:
         dtype=dtype,
         revision=revision,
         accel=accel,
+        background=background_decode(settings.background_decode, device, settings.offload),
         fingerprints=tuple(prints),
         start=start,
         margin=margin,

@@ -5,7 +5,8 @@ Prompts are encoded before the transformer loads (Gemma is freed first). Window 
 window i ≥ 1 from window i−1's last ov_lat latents plus the image guide, each with its own song slice, prompt
 and seed i, then AdaIN toward window 0. Finished windows go to the work dir; windows already there are reused.
 Every window's latents enter a LatentStream that decodes with margin and queues frames on the VideoWriter,
-whose thread encodes while the next window samples. The loop touches files only through the work dir and the
+whose thread encodes while the next window samples; on CUDA the decode itself runs on a worker thread and a
+side stream, beside the next window's sampling. The loop touches files only through the work dir and the
 writer.
 
 Split over a torchrun job (sequence parallel), every rank walks the same chain inside one `sequence_parallel`
@@ -17,8 +18,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor
 
 from audioloop.config import Settings
-from audioloop.decode import LatentStream, queue_limit
+from audioloop.decode import DecodeSpan, LatentStream, queue_limit
 from audioloop.errors import Interrupted, RenderError, SettingsError
 from audioloop.job import Job, audio_slice
 from audioloop.media.audio import log_mel
@@ -48,29 +49,38 @@ from audioloop.sampling.window import SamplerSettings, sample_window
 from audioloop.sidecar import sidecar
 from audioloop.workdir import cache_dir, finite_latents, write_json
 
-# load: building or loading models; text: prompt encoding (cached on disk); encode: audio, image and
-# pixel-context VAE encodes; mux: time the loop waits on the writer (whose thread encodes in parallel) and its
-# final flush.
+# load: building or loading models (Gemma's load too, though it happens inside text); text: prompt
+# encoding (cached on disk); encode: audio, image and pixel-context VAE encodes; decode: the loop waiting on
+# the decoder and the writer's queue (in the background, only what sampling did not hide; the sidecar's
+# decode_busy is the decoder's own time); mux: the encoder's final flush.
 STAGES = ("load", "text", "encode", "sampling", "decode", "mux")
 ACCELERATED = "_audioloop_accel"  # set on a transformer once `accelerate` has run on it: (settings, streamer)
 
 
 class Clock:
-    """Wall time per render stage; `current` names the stage in progress (for error messages)."""
+    """Wall time per render stage; `current` names the stage in progress (for error messages). A stage
+    entered inside another pauses it, so the stages add up to the wall time (loading Gemma counts as load
+    even though it happens while encoding text)."""
 
     def __init__(self, stages: tuple[str, ...] = STAGES) -> None:
         self.seconds = dict.fromkeys(stages, 0.0)
         self.current = "starting"
+        self._open: list[str] = []
+        self._since = 0.0
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        """Add the block's wall time to `stage`."""
+        """Add the block's wall time to `stage` (and not to the stage around it)."""
+        outer = self._open[-1] if self._open else stage
+        self._charge()
+        self._open.append(stage)
         self.current = stage
-        began = time.perf_counter()
         try:
             yield
+            self.current = outer
         finally:
-            self.seconds[stage] += time.perf_counter() - began
+            self._charge()
+            self._open.pop()
 
     def timed(self, stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         """fn, with its wall time added to `stage`."""
@@ -80,6 +90,13 @@ class Clock:
                 return fn(*args)
 
         return call
+
+    def _charge(self) -> None:
+        """Add the time since the last charge to the innermost open stage."""
+        now = time.perf_counter()
+        if self._open:
+            self.seconds[self._open[-1]] += now - self._since
+        self._since = now
 
 
 @dataclass
@@ -114,17 +131,18 @@ def render(
     began = time.perf_counter()
     try:
         with progress:
-            peak = _render(job, progress, clock, on_window, components, parallel)
+            peak, busy = _render(job, progress, clock, on_window, components, parallel)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted_message(job)) from None
     except torch.OutOfMemoryError:
         plan = job.request.plan
         raise RenderError(
             f"out of GPU memory during {clock.current} at {plan.width}×{plan.height} with "
-            f"{plan.win_px}-frame windows; lower --width/--height or --window "
+            f"{plan.win_px}-frame windows; {beside(job.background)}lower --width/--height or --window "
             f"(finished windows are kept in {job.work.path})"
         ) from None
-    document = sidecar(job, {**clock.seconds, "total": time.perf_counter() - began}, peak)
+    timings = {**clock.seconds, "decode_busy": busy, "total": time.perf_counter() - began}
+    document = sidecar(job, timings, peak)
     if not parallel or is_rank0():
         write_json(job.sidecar, document)
     return document
@@ -137,9 +155,9 @@ def _render(
     on_window: Callable[[int], None] | None,
     components: Components | None,
     parallel: bool,
-) -> int:
-    """Load, encode, walk the window chain and close the video; returns the writer's peak queued frames
-    (0 on the ranks that do not write)."""
+) -> tuple[int, float]:
+    """Load, encode, walk the window chain and close the video; returns the writer's peak queued frames and
+    the seconds spent decoding (0 on the ranks that do not write)."""
     request, plan = job.request, job.request.plan
     if parallel and not same_on_every_rank((job.start, job.fingerprints)):
         raise RenderError(
@@ -154,7 +172,7 @@ def _render(
     if job.start < len(plan.windows):
         progress.status("encoding prompts")
         with clock("text"):
-            state.texts = _encode(components, job_prompts(job), parallel)
+            state.texts = _encode(timed_loads(components, clock), job_prompts(job), parallel)
         with clock("encode"):
             state.image_latent = encode_image(components.video_vae, job.image)
         progress.status("loading the transformer")
@@ -163,16 +181,19 @@ def _render(
     if state.writes:
         job.work.forget_from(job.start)
     writer = _open_writer(job) if state.writes else None
+    stream = None
     split = ExitStack()
     try:
         if parallel and state.transformer is not None:
             _enter_split(split, state.transformer)
-        stream = None if writer is None else _stream(job, components, clock, writer)
+        if writer is not None:
+            stream = decoder(components, plan, job.spans, writer, job.background)
         for window in plan.windows:
             progress.start_window(window.index, len(plan.windows), sampled=window.index >= job.start)
             latents = _window_latents(job, window, state, progress, clock)
             if stream is not None:
-                stream.push(window.index, latents)
+                with clock("decode"):
+                    stream.push(window.index, latents)
             if window.index == 0:
                 state.reference = latents
             state.previous = latents
@@ -180,15 +201,19 @@ def _render(
             if on_window is not None:
                 on_window(window.index)
         if writer is not None:
-            with clock("mux"):
-                writer.close()
+            finish(stream, writer, clock)
     except BaseException:
         if writer is not None:
-            writer.abort()
+            abandon(stream, writer)
         raise
     finally:
         split.close()
-    return 0 if writer is None else writer.peak_queued_frames
+    return (0, 0.0) if writer is None else (writer.peak_queued_frames, stream.busy)
+
+
+def beside(background: bool) -> str:
+    """The first fix an out-of-memory message names when the decoder ran beside sampling."""
+    return "use --no-background-decode or " if background else ""
 
 
 def home(settings: AccelSettings | Settings) -> torch.device | None:
@@ -213,6 +238,11 @@ def job_prompts(job: Job) -> list[str]:
     prompts = {p.prompt for p in job.request.prompts[job.start :]}
     prompts |= {job.negative} if job.negative is not None else set()
     return sorted(prompts)
+
+
+def timed_loads(components: Components, clock: Clock) -> Components:
+    """The components with loading Gemma charged to the load stage (it happens while encoding text)."""
+    return replace(components, load_text_encoder=clock.timed("load", components.load_text_encoder))
 
 
 def _encode(components: Components, prompts: list[str], parallel: bool) -> dict[str, TextEmbedding]:
@@ -252,14 +282,30 @@ def _open_writer(job: Job) -> VideoWriter:
     )
 
 
-def _stream(job: Job, components: Components, clock: Clock, writer: VideoWriter) -> LatentStream:
-    """The stream that decodes each window's final latents, as the decode spans say, onto the writer."""
+def decoder(
+    components: Components, plan: Plan, spans: tuple[DecodeSpan, ...], writer: VideoWriter, background: bool
+) -> LatentStream:
+    """The stream that decodes each window's (or tile's) final latents, as the spans say, onto the writer."""
     return LatentStream(
-        job.request.plan,
-        job.spans,
-        decode=clock.timed("decode", partial(decode_video, components.video_vae)),
-        emit=clock.timed("mux", writer.write),
+        plan, spans, partial(decode_video, components.video_vae), writer.write, background=background
     )
+
+
+def finish(stream: LatentStream, writer: VideoWriter, clock: Clock) -> None:
+    """Wait for the last decode (charged to decode) and the encoder's flush (mux); the file appears."""
+    with clock("decode"):
+        stream.close()
+    with clock("mux"):
+        writer.close()
+
+
+def abandon(stream: LatentStream | None, writer: VideoWriter) -> None:
+    """After a failure: delete the partial video, then stop the decoder (whose error, if any, is an echo of
+    the failure or of the writer's abort, and is dropped)."""
+    writer.abort()
+    if stream is not None:
+        with suppress(Exception):
+            stream.close()
 
 
 def _window_latents(

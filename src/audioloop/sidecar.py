@@ -56,9 +56,13 @@ def accel_table(settings: AccelSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
-def decode_table(margin: int, spans: Sequence[DecodeSpan], queue: int, peak: int) -> dict[str, Any]:
-    """How the video was decoded: the margin, every span and the writer's queue limit and peak."""
+def decode_table(
+    margin: int, spans: Sequence[DecodeSpan], queue: int, peak: int, background: bool
+) -> dict[str, Any]:
+    """How the video was decoded: beside sampling or not, the margin, every span and the writer's queue
+    limit and peak."""
     return {
+        "background": background,
         "margin": margin,
         "spans": [asdict(span) | {"frames": span.frames} for span in spans],
         "writer_max_queued_frames": queue,
@@ -92,7 +96,7 @@ def sidecar(job: Job, timings: dict[str, float], peak: int) -> dict[str, Any]:
         "plan": plan.to_dict(),
         "windows": window_table(plan, request.prompts, job.fingerprints, job.start),
         "resumed_from": job.start,
-        "decode": decode_table(job.margin, job.spans, queue_limit(plan, job.spans), peak),
+        "decode": decode_table(job.margin, job.spans, queue_limit(plan, job.spans), peak, job.background),
         "timings": timings,
         "versions": versions(),
     }

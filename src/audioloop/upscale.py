@@ -14,9 +14,9 @@ trained on, memory stays bounded whatever the song's length, and a resumed run u
 uninterrupted one did.
 
 Decoding and muxing are the render's: each finished tile enters a LatentStream (one decode span per tile,
-with the render's margin; short spans keep the VAE's memory at twice the size near the render's) whose
-frames stream into a VideoWriter with the song's own samples. Tiles go to a work dir with chained
-fingerprints, so an interrupted upscale resumes at the first missing tile.
+or per two with FP8 or offload; the render's margin) whose frames stream into a VideoWriter with the song's
+own samples. Tiles go to a work dir with chained fingerprints, so an interrupted upscale resumes at the
+first missing tile.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import torch
@@ -32,21 +31,26 @@ from diffusers import AutoencoderKLLTX2Video, LTX2VideoTransformer3DModel
 from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from torch import Tensor
 
-from audioloop.decode import LatentStream, queue_limit
+from audioloop.decode import queue_limit
 from audioloop.errors import Interrupted, RenderError
 from audioloop.media.writer import VideoWriter
-from audioloop.models.latents import decode_video, denormalize_video, normalize_video
+from audioloop.models.latents import denormalize_video, normalize_video
 from audioloop.models.load import Components, load_components, load_latent_upsampler
 from audioloop.models.text import TextEmbedding, encode_prompts
 from audioloop.plan import Window
 from audioloop.progress import RenderProgress
 from audioloop.render import (
     Clock,
+    abandon,
     accelerated,
+    beside,
+    decoder,
+    finish,
     finished,
     home,
     refuse_non_finite,
     sample_with_text,
+    timed_loads,
     window_audio,
 )
 from audioloop.sampling.layout import refine_window
@@ -83,9 +87,9 @@ def render_timeline(render: Render) -> Tensor:
 
 
 def queue_frames(job: UpscaleJob) -> int:
-    """The writer's queue: two tiles' new frames, so encoding overlaps the next tile's refinement (the
-    render's rule, two windows of frames for span and queue together, leaves less than one tile's output
-    at twice the size); at most one decode span plus this many frames are ever held."""
+    """The writer's queue: two tiles' new frames (about a decode span's), so encoding overlaps the next
+    tiles' refinement (the render's rule, two windows of frames for span and queue together, leaves less
+    than one tile's output at twice the size); at most one decode span plus this many are ever held."""
     return max(queue_limit(job.tiles, job.spans), 2 * job.tiles.stride_px)
 
 
@@ -110,7 +114,7 @@ def upscale(
     began = time.perf_counter()
     try:
         with progress:
-            peak = _upscale(job, progress, clock, on_tile)
+            peak, busy = _upscale(job, progress, clock, on_tile)
     except KeyboardInterrupt:
         kept = job.work.stored()
         saved = f"{finished(kept, 'tile')} saved in {job.work.path}" if kept else "no tile was finished"
@@ -120,17 +124,20 @@ def upscale(
     except torch.OutOfMemoryError:
         raise RenderError(
             f"out of GPU memory during {clock.current} at {job.tiles.width}×{job.tiles.height} with "
-            f"{job.tiles.win_lat}-latent tiles; lower --tile (finished tiles are kept in {job.work.path})"
+            f"{job.tiles.win_lat}-latent tiles; {beside(job.background)}lower --tile "
+            f"(finished tiles are kept in {job.work.path})"
         ) from None
-    document = upscale_sidecar(job, {**clock.seconds, "total": time.perf_counter() - began}, peak)
+    timings = {**clock.seconds, "decode_busy": busy, "total": time.perf_counter() - began}
+    document = upscale_sidecar(job, timings, peak)
     write_json(job.sidecar, document)
     return document
 
 
 def _upscale(
     job: UpscaleJob, progress: RenderProgress, clock: Clock, on_tile: Callable[[int], None] | None
-) -> int:
-    """Load, walk the tiles (each decoded as it is final) and close the video; returns the writer's peak."""
+) -> tuple[int, float]:
+    """Load, walk the tiles (each decoded as it is final) and close the video; returns the writer's peak
+    queued frames and the seconds spent decoding."""
     tiles = job.tiles
     progress.status("loading the model")
     with clock("load"):
@@ -143,7 +150,8 @@ def _upscale(
         with clock("text"):
             prompts = {p.prompt for p in job.prompts[job.start :]}
             prompts |= {job.negative} if job.negative is not None else set()
-            state.texts = encode_prompts(components, sorted(prompts), cache_dir() / "text")
+            texts = timed_loads(components, clock)
+            state.texts = encode_prompts(texts, sorted(prompts), cache_dir() / "text")
         progress.status("loading the transformer")
         with clock("load"):
             state.timeline = render_timeline(job.render)
@@ -161,27 +169,23 @@ def _upscale(
         preset=job.render.settings.preset,
         max_queued_frames=queue_frames(job),
     )
+    stream = None
     try:
-        stream = LatentStream(
-            tiles,
-            job.spans,
-            decode=clock.timed("decode", partial(decode_video, components.video_vae)),
-            emit=clock.timed("mux", writer.write),
-        )
+        stream = decoder(components, tiles, job.spans, writer, job.background)
         for tile in tiles.windows:
             progress.start_window(tile.index, len(tiles.windows), sampled=tile.index >= job.start)
             latents = _tile_latents(job, tile, state, progress, clock)
-            stream.push(tile.index, latents)
+            with clock("decode"):
+                stream.push(tile.index, latents)
             state.previous = latents
             progress.end_window()
             if on_tile is not None:
                 on_tile(tile.index)
-        with clock("mux"):
-            writer.close()
+        finish(stream, writer, clock)
     except BaseException:
-        writer.abort()
+        abandon(stream, writer)
         raise
-    return writer.peak_queued_frames
+    return writer.peak_queued_frames, stream.busy
 
 
 def _tile_latents(
@@ -266,7 +270,7 @@ def upscale_sidecar(job: UpscaleJob, timings: dict[str, float], peak: int) -> di
         "plan": tiles.to_dict(),
         "tiles": window_table(tiles, job.prompts, job.fingerprints, job.start),
         "resumed_from": job.start,
-        "decode": decode_table(job.margin, job.spans, queue_frames(job), peak),
+        "decode": decode_table(job.margin, job.spans, queue_frames(job), peak, job.background),
         "timings": timings,
         "versions": versions(),
     }

@@ -25,6 +25,7 @@ from audioloop.job import (
     LATENT_CHANNELS,
     accel_settings,
     audio_slice,
+    background_decode,
     check_disk,
     disk_needed,
     fp8_print,
@@ -83,8 +84,9 @@ class Render:
 @dataclass(frozen=True)
 class UpscaleRequest:
     """What the user asked for; None means "as the render had it" (seed, model, device, dtype, compile,
-    attention) or the default (tile: the longest within ~32k tokens). FP8 and offload are the upscale's own
-    (off unless asked for)."""
+    attention) or the default (tile: the longest within ~32k tokens). FP8, offload and background decode
+    are the upscale's own, off unless asked for: at twice the render's size a decode beside the
+    refinement hides little of itself and takes the peak past 60 GiB (bench/RESULTS.md)."""
 
     source: Path
     output: Path | None = None
@@ -101,6 +103,7 @@ class UpscaleRequest:
     attention: str | None = None
     fp8: bool = False
     offload: bool = False
+    background_decode: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,11 +127,19 @@ class UpscaleJob:
     device: torch.device
     dtype: torch.dtype
     accel: AccelSettings
+    background: bool
     fingerprints: tuple[str, ...]
     start: int
     margin: int
     spans: tuple[DecodeSpan, ...]
     warnings: tuple[str, ...]
+
+
+def span_tiles(accel: AccelSettings) -> int:
+    """Tiles per decode span: two where the transformer's weights leave room (FP8 or offload), so a span
+    pays its two 8-latent margins for 32 new latents, not 16 (a quarter less decoding); one with the bf16
+    weights resident, where a two-tile span takes the peak from 55 to 62 GiB (bench/RESULTS.md)."""
+    return 2 if accel.fp8 or accel.offload else 1
 
 
 def refine_sigmas(text: str) -> tuple[float, ...]:
@@ -319,9 +330,10 @@ def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
         device=device,
         dtype=DTYPES[dtype_name],
         accel=accel,
+        background=background_decode(request.background_decode, device, request.offload),
         fingerprints=tuple(prints),
         start=start,
         margin=margin,
-        spans=decode_spans(tiles, margin),
+        spans=decode_spans(tiles, margin, min_new=span_tiles(accel) * tiles.stride_px),
         warnings=tuple(warnings),
     )
