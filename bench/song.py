@@ -6,6 +6,8 @@ its split by stage, seconds per window, peak GPU memory and peak host RAM. "load
 weights here (not reading 60 GB from disk), so it is reported but left out of the overhead figure.
 
     python bench/song.py --out $OUT                       # 3:30 at 832x480, 8 steps
+    python bench/song.py --out $OUT --footage --fp8       # x264 fed footage-like frames, FP8 transformer
+    python bench/song.py --out $OUT --cache /tmp/c ...    # compile cache kept: run twice for a warm start
     python bench/song.py --out /tmp/x --tiny --seconds 6  # CPU smoke test of this script
 """
 
@@ -16,9 +18,11 @@ import datetime
 import json
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,6 +33,7 @@ from audioloop.config import load_settings
 from audioloop.job import prepare
 from audioloop.progress import RenderProgress
 from audioloop.request import request_for
+from decode import smooth_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 GiB = 2**30
@@ -42,6 +47,22 @@ def inputs(folder: Path, seconds: float) -> tuple[Path, Path, Path]:
     return song, image, ROOT / "prompts" / "indie_ballad.yaml"
 
 
+def footage(decode: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> Callable:
+    """`decode`, whose frames are then swapped for a smooth moving clip of the same shape: the GPU decodes
+    as in the render, but x264 sees footage instead of the random model's noise, its worst case. One clip
+    (the longest span's) is kept and sliced (the writer copies what it queues)."""
+    clip = torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+
+    def decode_then_swap(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+        nonlocal clip
+        frames = decode(vae, z)
+        if clip.shape[0] < frames.shape[0] or clip.shape[1:] != frames.shape[1:]:
+            clip = smooth_frames(*frames.shape[:3])
+        return clip[: frames.shape[0]]
+
+    return decode_then_swap
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -51,10 +72,22 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
     parser.add_argument("--fp8", action="store_true", help="FP8 transformer (models/accel.py)")
     parser.add_argument("--compile", default="auto", choices=("auto", "true", "false"))
+    parser.add_argument(
+        "--footage",
+        action="store_true",
+        help="encode footage-like frames in place of the random model's noise (the decode still runs)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        help="audioloop cache dir kept across runs (compile artefacts); its text cache is emptied first",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="audioloop-song-"))
-    os.environ["AUDIOLOOP_CACHE_DIR"] = str(work / "cache")  # a cold text cache: the text stage really runs
+    cache = args.cache or work / "cache"
+    shutil.rmtree(cache / "text", ignore_errors=True)  # a cold text cache: the text stage really runs
+    os.environ["AUDIOLOOP_CACHE_DIR"] = str(cache)
 
     if args.tiny:
         tiny = {"preset": "medium", "compile": args.compile}
@@ -67,6 +100,8 @@ def main() -> None:
         flags.update(height=args.height, fp8=args.fp8, compile=args.compile)
         settings = load_settings(None, flags)
 
+    if args.footage:
+        render.decode_video = footage(render.decode_video)
     song, image, schedule = inputs(work, args.seconds)
     request, _ = request_for(song, image, schedule, settings, output=work / "song.mp4", resume=False)
     began = time.perf_counter()
@@ -92,6 +127,7 @@ def main() -> None:
         "frames": prepared.request.plan.total_frames,
         "steps": len(settings.sigmas) - 1,
         "accel": document["model"]["accel"],
+        "frames_encoded": "footage-like clip" if args.footage else "decoded (noise)",
         "prepare_s": prepare_s,
         "render_wall_s": wall,
         "timings": timings,
@@ -109,7 +145,7 @@ def main() -> None:
     load = timings["load"]
     print(f"\n{results['gpu']}: {args.seconds:.0f} s song, {results['windows']} windows")
     print(f"render wall {wall:.1f} s, load {load:.1f} s, without load {wall - load:.1f} s")
-    for stage in ("text", "encode", "sampling", "decode", "mux"):
+    for stage in ("text", "encode", "sampling", "decode", "mux", "decode_busy"):
         print(f"  {stage:9s} {timings[stage]:8.2f} s")
     print(f"everything but load and sampling: {overhead:.1f} s = {share:.2f}% of the wall without load")
     print(f"peak GPU {results['peak_gpu_gib']:.1f} GiB, peak host RSS {results['peak_host_rss_gib']:.1f} GiB")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime
 import gc
 import json
 import os
@@ -42,7 +41,7 @@ from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
 from audioloop.sampling.window import SamplerSettings, sample_window
-from timing import summary
+from timing import Run, summary, sync
 from window_step import stock_call
 
 GiB = 2**30
@@ -53,58 +52,15 @@ class Captured(Exception):
     """Raised by the capture hook to stop the forward once block 0's inputs are in hand."""
 
 
-class Bench:
+class Bench(Run):
     """Shared state of one run: settings, the results written after each step, the deadline."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         """Start the clock and the results record."""
-        self.args, self.start = args, time.monotonic()
-        self.device = torch.device("cpu" if args.tiny else "cuda")
-        self.results: dict = {
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "gpu": torch.cuda.get_device_name() if self.device.type == "cuda" else "cpu",
-            "torch": torch.__version__,
-            "shape": f"{args.width}x{args.height}x{args.frames}",
-            "command": " ".join(sys.argv),
-            "variants": {},
-            "errors": {},
-            "starts": {},
-            "failures": {},
-        }
-
-    def left(self) -> float:
-        """Seconds left before the deadline."""
-        return self.args.deadline - (time.monotonic() - self.start)
-
-    def save(self) -> None:
-        """Write everything measured so far."""
-        self.args.out.mkdir(parents=True, exist_ok=True)
-        (self.args.out / "step_variants.json").write_text(json.dumps(self.results, indent=2))
-
-    def attempt(self, name: str, fn: Callable[[], object], need: float = 0.0) -> object:
-        """Run one measurement; record a failure (or a skip: asked for, or no time left) instead of ending."""
-        if name in self.args.skip:
-            self.results["failures"][name] = "skipped: --skip"
-            return None
-        if self.left() < need:
-            self.results["failures"][name] = f"skipped: {self.left():.0f} s left, needs ~{need:.0f}"
-            self.save()
-            return None
-        print(f"[{time.monotonic() - self.start:6.0f} s] {name}", flush=True)
-        try:
-            return fn()
-        except Exception as exc:  # one broken variant must not cost the others their device time
-            self.results["failures"][name] = f"{type(exc).__name__}: {exc}"[:2000]
-            print(f"  FAILED {name}: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
-            return None
-        finally:
-            self.save()
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device (no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+        super().__init__(args, "step_variants")
+        self.results.update(
+            shape=f"{args.width}x{args.height}x{args.frames}", variants={}, errors={}, starts={}
+        )
 
 
 def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> list[float]:

@@ -14,6 +14,7 @@ encodes ~3.6× slower than footage (bench/RESULTS.md): at 1664×960 the writer c
 (time waiting on the encoder) is reported apart and `--preset` shows how much of it is x264's.
 
     python3 bench/upscale_song.py --out $OUT                       # 3:30, 832×480 → 1664×960, bf16, CUDA
+    python3 bench/upscale_song.py --out $OUT --fp8                 # the refinement in FP8
     python3 bench/upscale_song.py --out /tmp/x --tiny --seconds 6  # the tiny model on the CPU (tests this)
 """
 
@@ -36,7 +37,7 @@ from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from safetensors.torch import save_file
 
 import fullsize
-from audioloop import demo, upscale, upscale_job
+from audioloop import demo, render, upscale, upscale_job
 from audioloop.config import DEFAULT_NEGATIVE, Settings
 from audioloop.models.text import cache_path
 from audioloop.models.tiny import VIDEO_LATENT_CHANNELS
@@ -47,6 +48,7 @@ from audioloop.sidecar import window_table
 from audioloop.tiles import tile_tokens
 from audioloop.upscale_job import UpscaleRequest, prepare_upscale
 from audioloop.workdir import WorkDir, cache_dir, chain, file_hash, write_json
+from song import footage
 
 GiB = 2**30
 # diffusers' scripts/convert_ltx2_to_diffusers.py, get_ltx2_spatial_latent_upsampler_config("2.3")
@@ -156,6 +158,10 @@ def main() -> None:
     parser.add_argument(
         "--preset", default="medium", help="x264 preset of the render, which the upscale keeps"
     )
+    parser.add_argument("--fp8", action="store_true", help="FP8 transformer for the refinement")
+    parser.add_argument("--compile", default="auto", choices=("auto", "true", "false"))
+    parser.add_argument("--background-decode", action="store_true", help="decode beside the refinement")
+    parser.add_argument("--footage", action="store_true", help="x264 gets footage-like frames (song.py)")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -179,9 +185,20 @@ def main() -> None:
         channels = 128
         cache_texts([*PROMPTS, DEFAULT_NEGATIVE])
         use_fullsize()
+    if args.footage:
+        render.decode_video = footage(render.decode_video)
     sidecar = fake_render(scratch, settings, args.seconds, channels)
 
-    request = UpscaleRequest(sidecar, tile=args.tile, tile_overlap=args.tile_overlap, sigmas=args.sigmas)
+    compile = None if args.compile == "auto" else args.compile == "true"
+    request = UpscaleRequest(
+        sidecar,
+        tile=args.tile,
+        tile_overlap=args.tile_overlap,
+        sigmas=args.sigmas,
+        compile=compile,
+        fp8=args.fp8,
+        background_decode=args.background_decode,
+    )
     began = time.perf_counter()
     job = prepare_upscale(request)
     prepare_s = time.perf_counter() - began
@@ -223,10 +240,16 @@ def main() -> None:
         "tokens_per_tile": tile_tokens(cells, tiles.win_lat, tiles.fps),
         "sigmas": list(job.sampler.sigmas),
         "preset": settings.preset,
+        "accel": document["model"].get("accel"),
+        "background_decode": job.background,
+        "frames_encoded": "footage-like clip" if args.footage else "decoded (noise)",
+        "decode_spans": len(job.spans),
         "prepare_s": prepare_s,
         "upscale_wall_s": wall,
         "wall_without_load_s": wall - timings["load"],
-        "split_s": {stage: timings[stage] for stage in ("upsample", "refine", "decode", "mux")},
+        "split_s": {
+            stage: timings[stage] for stage in ("upsample", "refine", "decode", "mux", "decode_busy")
+        },
         "timings": timings,
         "per_tile_s": [b - a for a, b in itertools.pairwise([began, *marks])],
         "peak_gpu_gib": peak_gpu(),
@@ -240,7 +263,7 @@ def main() -> None:
     print(f"\n{results['gpu']}: {args.seconds:.0f} s song, {shapes}, {results['tiles']} tiles")
     load = timings["load"]
     print(f"upscale wall {wall:.1f} s, load {load:.1f} s, without load {wall - load:.1f} s")
-    for stage in ("text", "upsample", "encode", "refine", "decode", "mux"):
+    for stage in ("text", "upsample", "encode", "refine", "decode", "mux", "decode_busy"):
         print(f"  {stage:9s} {timings[stage]:8.2f} s")
     print(f"peak GPU {results['peak_gpu_gib']:.1f} GiB, peak host RSS {results['peak_host_rss_gib']:.1f} GiB")
 
