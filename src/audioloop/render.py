@@ -5,9 +5,9 @@ Prompts are encoded before the transformer loads (Gemma is freed first). Window 
 window i ≥ 1 from window i−1's last ov_lat latents plus the image guide, each with its own song slice, prompt
 and seed i, then AdaIN toward window 0. Finished windows go to the work dir; windows already there are reused.
 Every window's latents enter a LatentStream that decodes with margin and queues frames on the VideoWriter,
-whose thread encodes while the next window samples; on CUDA the decode itself runs on a worker thread and a
-side stream, beside the next window's sampling. The loop touches files only through the work dir and the
-writer.
+whose thread encodes while the next window samples; with background decode (the default on large CUDA
+cards) the decode itself runs on a worker thread and a side stream, beside the next window's sampling. The
+loop touches files only through the work dir and the writer.
 
 Split over a torchrun job (sequence parallel), every rank walks the same chain inside one `sequence_parallel`
 scope and samples the same latents; rank 0 alone encodes the prompts into the cache (the others read it after
