@@ -161,6 +161,12 @@ def accel_settings(
     return settings
 
 
+def latent_shapes(plan: Plan) -> list[tuple[int, ...]]:
+    """The stored latents' shape of each window (or tile) of a plan: what a work dir entry must match."""
+    cells = (plan.height // SPATIAL, plan.width // SPATIAL)
+    return [(1, LATENT_CHANNELS, w.lat_frames, *cells) for w in plan.windows]
+
+
 def background_decode(choice: str | bool, device: torch.device, offload: bool) -> bool:
     """Whether each window decodes on a side stream while the next one samples (auto: on CUDA cards of
     BACKGROUND_DECODE_MIN_GIB or more, unless offloading, whose point is a small card)."""
@@ -304,8 +310,7 @@ def prepare(request: RenderRequest) -> Job:
         for window, prompt in zip(plan.windows, request.prompts, strict=True)
     ]
     work = WorkDir(request.work_dir or output.with_name(f"{output.name}.work"))
-    cells = (settings.height // SPATIAL, settings.width // SPATIAL)
-    shapes = [(1, LATENT_CHANNELS, w.lat_frames, *cells) for w in plan.windows]
+    shapes = latent_shapes(plan)
     if only:
         present = [work.load(i, shapes[i]) is not None for i in range(min(only))]
         start = only_windows_start(only, present, work.path)

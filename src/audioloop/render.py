@@ -17,7 +17,7 @@ a barrier), re-encodes a pixel context (broadcast to the others) and writes the 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -33,7 +33,7 @@ from audioloop.config import Settings
 from audioloop.decode import DecodeSpan, LatentStream, queue_limit
 from audioloop.errors import Interrupted, RenderError, SettingsError
 from audioloop.job import Job, audio_slice
-from audioloop.media.audio import log_mel
+from audioloop.media.audio import SourceAudio, log_mel
 from audioloop.media.writer import VideoWriter
 from audioloop.models.accel import AccelSettings, accelerate
 from audioloop.models.latents import decode_video, encode_audio, encode_frames, encode_image
@@ -46,8 +46,9 @@ from audioloop.sampling.adain import adain_frames
 from audioloop.sampling.layout import WindowLayout, first_window, next_window
 from audioloop.sampling.sequence_parallel import sequence_parallel
 from audioloop.sampling.window import SamplerSettings, sample_window
+from audioloop.schedule import WindowPrompt
 from audioloop.sidecar import sidecar
-from audioloop.workdir import cache_dir, finite_latents, write_json
+from audioloop.workdir import WorkDir, cache_dir, finite_latents, write_json
 
 # load: building or loading models (Gemma's load too, though it happens inside text); text: prompt
 # encoding (cached on disk); encode: audio, image and pixel-context VAE encodes; decode: the loop waiting on
@@ -133,7 +134,7 @@ def render(
         with progress:
             peak, busy = _render(job, progress, clock, on_window, components, parallel)
     except KeyboardInterrupt:
-        raise Interrupted(_interrupted_message(job)) from None
+        raise interrupted(job.work, "window") from None
     except torch.OutOfMemoryError:
         plan = job.request.plan
         raise RenderError(
@@ -180,7 +181,9 @@ def _render(
             state.transformer = accelerated(components.transformer, job.accel, job.device)
     if state.writes:
         job.work.forget_from(job.start)
-    writer = _open_writer(job) if state.writes else None
+    writer = None
+    if state.writes:
+        writer = open_writer(job.output, plan, job.audio, request.settings, queue_limit(plan, job.spans))
     stream = None
     split = ExitStack()
     try:
@@ -235,9 +238,15 @@ def accelerated(
 
 def job_prompts(job: Job) -> list[str]:
     """The prompts a job samples with, sorted: those of its windows from job.start on, and the negative."""
-    prompts = {p.prompt for p in job.request.prompts[job.start :]}
-    prompts |= {job.negative} if job.negative is not None else set()
-    return sorted(prompts)
+    return sampled_prompts(job.request.prompts, job.start, job.negative)
+
+
+def sampled_prompts(prompts: Sequence[WindowPrompt], start: int, negative: str | None) -> list[str]:
+    """The distinct prompts of the windows (or tiles) from `start` on, and the negative, sorted."""
+    texts = {p.prompt for p in prompts[start:]}
+    if negative is not None:
+        texts.add(negative)
+    return sorted(texts)
 
 
 def timed_loads(components: Components, clock: Clock) -> Components:
@@ -266,19 +275,21 @@ def _enter_split(stack: ExitStack, transformer: LTX2VideoTransformer3DModel) -> 
         ) from None
 
 
-def _open_writer(job: Job) -> VideoWriter:
-    """The output video's writer, its encoder thread started."""
-    plan, settings = job.request.plan, job.request.settings
+def open_writer(
+    output: Path, plan: Plan, audio: SourceAudio, settings: Settings, max_queued: int
+) -> VideoWriter:
+    """The video writer for a plan's frames (render or upscale), at the settings' CRF and preset, its
+    encoder thread started."""
     return VideoWriter(
-        job.output,
+        output,
         width=plan.width,
         height=plan.height,
         fps=plan.fps,
-        audio=job.audio,
+        audio=audio,
         total_frames=plan.total_frames,
         crf=settings.crf,
         preset=settings.preset,
-        max_queued_frames=queue_limit(plan, job.spans),
+        max_queued_frames=max_queued,
     )
 
 
@@ -422,8 +433,8 @@ def finished(count: int, unit: str = "window") -> str:
     return f"{unit} 0 is" if count == 1 else f"{unit}s 0–{count - 1} are"
 
 
-def _interrupted_message(job: Job) -> str:
-    """Which windows an interrupted render kept, and how to resume."""
-    kept = job.work.stored()
-    saved = f"{finished(kept)} saved in {job.work.path}" if kept else "no window was finished"
-    return f"interrupted: {saved}; no video was written. Run the same command again to resume."
+def interrupted(work: WorkDir, unit: str) -> Interrupted:
+    """The error for Ctrl-C: which windows (or tiles) the work dir kept, and how to resume."""
+    kept = work.stored()
+    saved = f"{finished(kept, unit)} saved in {work.path}" if kept else f"no {unit} was finished"
+    return Interrupted(f"interrupted: {saved}; no video was written. Run the same command again to resume.")

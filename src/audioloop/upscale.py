@@ -32,8 +32,7 @@ from diffusers.pipelines.ltx2.latent_upsampler import LTX2LatentUpsamplerModel
 from torch import Tensor
 
 from audioloop.decode import queue_limit
-from audioloop.errors import Interrupted, RenderError
-from audioloop.media.writer import VideoWriter
+from audioloop.errors import RenderError
 from audioloop.models.latents import denormalize_video, normalize_video
 from audioloop.models.load import Components, load_components, load_latent_upsampler
 from audioloop.models.text import TextEmbedding, encode_prompts
@@ -46,10 +45,12 @@ from audioloop.render import (
     beside,
     decoder,
     finish,
-    finished,
     home,
+    interrupted,
+    open_writer,
     refuse_non_finite,
     sample_with_text,
+    sampled_prompts,
     timed_loads,
     window_audio,
 )
@@ -116,11 +117,7 @@ def upscale(
         with progress:
             peak, busy = _upscale(job, progress, clock, on_tile)
     except KeyboardInterrupt:
-        kept = job.work.stored()
-        saved = f"{finished(kept, 'tile')} saved in {job.work.path}" if kept else "no tile was finished"
-        raise Interrupted(
-            f"interrupted: {saved}; no video was written. Run the same command again to resume."
-        ) from None
+        raise interrupted(job.work, "tile") from None
     except torch.OutOfMemoryError:
         raise RenderError(
             f"out of GPU memory during {clock.current} at {job.tiles.width}×{job.tiles.height} with "
@@ -148,27 +145,15 @@ def _upscale(
     if job.start < len(tiles.windows):
         progress.status("encoding prompts")
         with clock("text"):
-            prompts = {p.prompt for p in job.prompts[job.start :]}
-            prompts |= {job.negative} if job.negative is not None else set()
-            texts = timed_loads(components, clock)
-            state.texts = encode_prompts(texts, sorted(prompts), cache_dir() / "text")
+            prompts = sampled_prompts(job.prompts, job.start, job.negative)
+            state.texts = encode_prompts(timed_loads(components, clock), prompts, cache_dir() / "text")
         progress.status("loading the transformer")
         with clock("load"):
             state.timeline = render_timeline(job.render)
             state.upsampler = load_latent_upsampler(job.model, device=job.device, dtype=job.dtype)
             state.transformer = accelerated(components.transformer, job.accel, job.device)
     job.work.forget_from(job.start)
-    writer = VideoWriter(
-        job.output,
-        width=tiles.width,
-        height=tiles.height,
-        fps=tiles.fps,
-        audio=job.audio,
-        total_frames=tiles.total_frames,
-        crf=job.render.settings.crf,
-        preset=job.render.settings.preset,
-        max_queued_frames=queue_frames(job),
-    )
+    writer = open_writer(job.output, tiles, job.audio, job.render.settings, queue_frames(job))
     stream = None
     try:
         stream = decoder(components, tiles, job.spans, writer, job.background)

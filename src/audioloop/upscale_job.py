@@ -22,13 +22,13 @@ from audioloop.decode import DecodeSpan, decode_margin, decode_spans
 from audioloop.errors import InputError, SettingsError
 from audioloop.job import (
     DTYPES,
-    LATENT_CHANNELS,
     accel_settings,
     audio_slice,
     background_decode,
     check_disk,
     disk_needed,
     fp8_print,
+    latent_shapes,
     model_revision,
     output_path,
     resolve_device,
@@ -212,9 +212,8 @@ def read_render(path: Path) -> Render:
             "render again (same command) to rebuild it"
         )
     work = WorkDir(work_path)
-    cells = (plan.height // SPATIAL, plan.width // SPATIAL)
-    for window, expected in zip(plan.windows, prints, strict=True):
-        if not work.valid(window.index, expected, (1, LATENT_CHANNELS, window.lat_frames, *cells)):
+    for window, expected, shape in zip(plan.windows, prints, latent_shapes(plan), strict=True):
+        if not work.valid(window.index, expected, shape):
             raise InputError(
                 f"{work_path}: window {window.index} is missing or differs from {sidecar.name} (the render "
                 "was interrupted or re-run since); finish the render with its `audioloop render` command, "
@@ -296,10 +295,7 @@ def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
     ]
     prints = chain(inputs)
     work = WorkDir(request.work_dir or output.with_name(f"{output.name}.work"))
-    shapes = [
-        (1, LATENT_CHANNELS, t.lat_frames, tiles.height // SPATIAL, tiles.width // SPATIAL)
-        for t in tiles.windows
-    ]
+    shapes = latent_shapes(tiles)
     start = resume_start(
         [work.valid(t.index, prints[t.index], shapes[t.index]) for t in tiles.windows], request.resume
     )
