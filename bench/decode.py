@@ -49,7 +49,7 @@ from audioloop.models import accel
 from audioloop.models.latents import decode_video
 from audioloop.models.tiny import tiny_transformer, tiny_video_vae
 from step_variants import sampler, window
-from timing import Run, summary, sync
+from timing import Run, summary, sync, wall
 
 GiB = 2**30
 # --tiny: a geometry the tiny model runs through on two CPU cores; wider than one 512 px tile, so the
@@ -89,15 +89,6 @@ class Bench(Run):
         self.z = span_latents(self.vae, args, self.device)
         self.frames: Tensor | None = None  # the eager decode of z, once done
         self.results.update(z_shape=list(self.z.shape), frames=list(decoded_shape(self.z)), variants={})
-
-
-def wall(fn: Callable[[], object], device: torch.device) -> float:
-    """Host seconds of one call until the device is done."""
-    sync(device)
-    begin = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - begin
 
 
 def timed(fn: Callable[[], Tensor], device: torch.device, repeats: int) -> tuple[dict, Tensor]:

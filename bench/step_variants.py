@@ -41,7 +41,7 @@ from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
 from audioloop.sampling.window import SamplerSettings, sample_window
-from timing import Run, summary, sync
+from timing import Run, summary, wall
 from window_step import stock_call
 
 GiB = 2**30
@@ -79,15 +79,6 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> list[
             fn()
             times.append(time.perf_counter() - begin)
     return times
-
-
-def wall(fn: Callable[[], object], device: torch.device) -> float:
-    """Host seconds of one call until the device is done (includes any compile it triggers)."""
-    sync(device)
-    begin = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - begin
 
 
 def graphs() -> int:

@@ -74,3 +74,12 @@ def sync(device: torch.device) -> None:
     """Wait for the device (no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def wall(fn: Callable[[], object], device: torch.device) -> float:
+    """Host seconds of one call until the device is done (includes any compile it triggers)."""
+    sync(device)
+    begin = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - begin
