@@ -1,9 +1,20 @@
 """Fixtures shared by the render and upscale tests."""
 
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+
+@pytest.fixture(scope="module")
+def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A text-embedding cache of the module's own (AUDIOLOOP_CACHE_DIR), so no test reads another's."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("cache")
+        patch.setenv("AUDIOLOOP_CACHE_DIR", str(cache))
+        yield cache
 
 
 @pytest.fixture

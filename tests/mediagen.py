@@ -85,3 +85,9 @@ def write_image(path: str | Path, pixels: np.ndarray | Image.Image, mode: str | 
     image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
     (image.convert(mode) if mode else image).save(path, **save)
     return path
+
+
+def frames_of(path: str | Path) -> np.ndarray:
+    """Every video frame of a file as RGB [F, H, W, 3]."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

@@ -272,12 +272,11 @@ def test_the_batch_exits_1_if_any_row_failed_whatever_its_code(statuses: list[An
 
 
 @pytest.fixture(scope="module", autouse=True)
-def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def outside_torchrun(text_cache: Path) -> Iterator[None]:
+    """This module's own text cache, and no torchrun world inherited from the environment."""
     with pytest.MonkeyPatch.context() as patch:
-        cache = tmp_path_factory.mktemp("cache")
-        patch.setenv("AUDIOLOOP_CACHE_DIR", str(cache))
         patch.delenv("WORLD_SIZE", raising=False)
-        yield cache
+        yield
 
 
 @pytest.fixture

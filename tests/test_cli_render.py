@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from audioloop import __version__, demo
 from audioloop.cli import app
 from audioloop.workdir import WorkDir
 
+pytestmark = pytest.mark.usefixtures("text_cache")
 CONFIG = """\
 width: 64
 height: 64
@@ -26,13 +26,6 @@ device: cpu
 dtype: float32
 preset: ultrafast
 """
-
-
-@pytest.fixture(scope="module", autouse=True)
-def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUDIOLOOP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture

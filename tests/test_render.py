@@ -9,7 +9,7 @@ import math
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -46,7 +46,9 @@ from audioloop.render import Clock, render
 from audioloop.request import request_for
 from audioloop.sampling.layout import unpack_video
 from audioloop.workdir import WorkDir
+from mediagen import frames_of
 
+pytestmark = pytest.mark.usefixtures("text_cache")
 BASE = {
     "width": 64,
     "height": 64,
@@ -116,23 +118,10 @@ def render_song(
     return render(prepare(request), on_window=on_window)
 
 
-def frames_of(path: Path) -> np.ndarray:
-    """Every video frame of a file as RGB [F, H, W, 3]."""
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
-
-
 def window_latents(work: Path) -> list[torch.Tensor]:
     """Every stored window's latents, in order."""
     store = WorkDir(work)
     return [store.load(i) for i in range(store.stored())]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUDIOLOOP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,7 @@ from audioloop.cli import app
 from audioloop.errors import SettingsError
 from audioloop.parallel import rank_backend, split_ranks, torchrun_world
 from audioloop.workdir import WorkDir
+from mediagen import frames_of
 
 TINY = Path(__file__).parents[1] / "configs" / "tiny.yaml"
 SCHEDULE = """\
@@ -49,12 +49,6 @@ def write_inputs(folder: Path, songs: dict[str, float]) -> None:
         demo.write_wav(folder / name, demo.song(seconds))
     demo.hero_image(96, 80).save(folder / "hero.png")
     (folder / "schedule.yaml").write_text(SCHEDULE)
-
-
-def frames_of(path: Path) -> np.ndarray:
-    """Every video frame of a file as RGB [F, H, W, 3]."""
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def test_world_size_comes_from_torchrun() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +58,9 @@ from audioloop.upscale_job import (
     span_tiles,
 )
 from audioloop.workdir import WorkDir
+from mediagen import frames_of
 
+pytestmark = pytest.mark.usefixtures("text_cache")
 RENDER = {
     "width": 64,
     "height": 64,
@@ -237,13 +238,6 @@ def test_a_refinement_tile_freezes_its_context_and_generates_the_rest_from_its_o
 # A whole upscale
 
 
-@pytest.fixture(scope="module", autouse=True)
-def text_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("AUDIOLOOP_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        yield
-
-
 def render_song(folder: Path, seconds: float = SONG_S) -> Path:
     """A finished 2-window tiny render to .mkv (sample-exact audio) in `folder`; returns its output path."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -262,11 +256,6 @@ def upscale_render(source: Path, output: Path, on_tile: Any = None, **overrides:
     return upscale(
         prepare_upscale(UpscaleRequest(source, output=output, **{**TILES, **overrides})), on_tile=on_tile
     )
-
-
-def frames_of(path: Path) -> np.ndarray:
-    with av.open(str(path)) as container:
-        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def audio_of(path: Path) -> np.ndarray:
