@@ -47,7 +47,7 @@ def _inputs(seed: int = 0, dtype: torch.dtype = torch.float32) -> dict[str, torc
     }
 
 
-def _forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor], text_video, text_audio):
+def _forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor], text_video, text_audio, **extra):
     sigma = torch.tensor([700.0])
     with torch.inference_mode():
         video, audio = model(
@@ -63,6 +63,7 @@ def _forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor], text_video
             audio_num_frames=inputs["audio_hidden_states"].shape[1],
             use_cross_timestep=True,
             return_dict=False,
+            **extra,
         )
     return video, audio
 
@@ -109,25 +110,10 @@ def test_scale_five_changes_the_forward(model) -> None:
 def test_a_text_mask_is_split_with_the_text(model) -> None:
     inputs = _inputs(7)
     text = nag_text(inputs["text_video"], inputs["negative_video"])
-    sigma = torch.tensor([700.0])
 
     def forward(mask: torch.Tensor | None) -> torch.Tensor:
-        with nag_attention(model, NagSettings()), torch.inference_mode():
-            return model(
-                hidden_states=inputs["hidden_states"],
-                audio_hidden_states=inputs["audio_hidden_states"],
-                encoder_hidden_states=text,
-                audio_encoder_hidden_states=inputs["text_audio"],
-                timestep=inputs["timestep"],
-                audio_timestep=torch.zeros(1),
-                sigma=sigma,
-                audio_sigma=sigma,
-                video_coords=inputs["video_coords"],
-                audio_num_frames=inputs["audio_hidden_states"].shape[1],
-                use_cross_timestep=True,
-                encoder_attention_mask=mask,
-                return_dict=False,
-            )[0]
+        with nag_attention(model, NagSettings()):
+            return _forward(model, inputs, text, inputs["text_audio"], encoder_attention_mask=mask)[0]
 
     assert torch.equal(forward(torch.ones(1, 2 * TEXT_TOKENS)), forward(None))
     half_masked = torch.ones(1, 2 * TEXT_TOKENS)
