@@ -1,0 +1,144 @@
+"""The fused video decoder forward computes diffusers' LTX-2.3 decoder exactly (up to float rounding)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKLLTX2Video
+from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoUpsampler3d, PerChannelRMSNorm
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from audioloop.models import decoder
+from audioloop.models.configs import VIDEO_VAE_2_3
+from audioloop.models.latents import decode_video, denormalize_video
+from audioloop.models.tiny import tiny_video_vae
+
+
+@pytest.fixture(scope="module")
+def vae() -> AutoencoderKLLTX2Video:
+    return tiny_video_vae().eval()
+
+
+def stock(dec: torch.nn.Module, z: torch.Tensor, causal: bool) -> torch.Tensor:
+    """diffusers' own forward, whatever `install` did to the instance."""
+    with torch.no_grad():
+        return type(dec).forward(dec, z, None, causal=causal)
+
+
+def relative(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out - ref).norm() / ref.norm())
+
+
+def test_time_padding_replicates_two_frames_before_or_one_each_side(vae):
+    conv = vae.decoder.conv_in
+    assert decoder.time_padding(conv, causal=True) == (2, 0)
+    assert decoder.time_padding(conv, causal=False) == (1, 1)
+
+
+def test_pad_time_repeats_the_first_and_last_frames():
+    x = torch.arange(3.0).view(1, 1, 3, 1, 1).expand(1, 2, 3, 2, 2)
+    out = decoder.pad_time(x, 2, 1)
+    assert out[0, 0, :, 0, 0].tolist() == [0.0, 0.0, 0.0, 1.0, 2.0, 2.0]
+    assert out.shape == (1, 2, 6, 2, 2)
+    assert torch.equal(decoder.pad_time(x, 0, 0), x)
+
+
+def test_norm_silu_pad_is_rms_norm_then_silu_then_padding():
+    x = torch.randn(2, 5, 3, 4, 6)
+    expected = F.silu(PerChannelRMSNorm()(x))
+    expected = torch.cat([expected[:, :, :1], expected, expected[:, :, -1:]], dim=2)
+    torch.testing.assert_close(decoder.norm_silu_pad(x, 1, 1), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_norm_silu_pad_keeps_the_dtype_and_normalises_per_position():
+    x = torch.randn(1, 8, 2, 3, 3, dtype=torch.bfloat16) * 100
+    out = decoder.norm_silu_pad(x, 0, 0)
+    assert out.dtype == torch.bfloat16
+    # Scaling a position's channels leaves its norm, hence the output, unchanged.
+    scaled = x.clone()
+    scaled[..., 0, 0, 0] *= 4
+    torch.testing.assert_close(decoder.norm_silu_pad(scaled, 0, 0), out)
+
+
+@pytest.mark.parametrize("stride", [(2, 2, 2), (2, 1, 1), (1, 2, 2)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_upsample_matches_the_stock_upsampler(stride, causal):
+    torch.manual_seed(0)
+    up = LTX2VideoUpsampler3d(in_channels=8, stride=stride, upscale_factor=2).eval()
+    x = torch.randn(1, 8, 3, 4, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(decoder._upsample(up, x, causal), up(x, causal=causal), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_matches_the_stock_decoder(vae, causal):
+    torch.manual_seed(1)
+    z = torch.randn(1, vae.config.latent_channels, 4, 2, 3)
+    ref = stock(vae.decoder, z, causal)
+    with torch.no_grad():
+        out = decoder.forward(vae.decoder, z, causal=causal)
+        channels_last = decoder.forward(vae.decoder, z.contiguous(memory_format=torch.channels_last_3d))
+    assert out.shape == ref.shape == (1, 3, 25, 64, 96)
+    assert out.is_contiguous()
+    assert relative(out, ref) < 1e-5
+    if not causal:
+        assert relative(channels_last, ref) < 1e-5
+
+
+@settings(max_examples=12, deadline=None)
+@given(frames=st.integers(1, 4), height=st.integers(1, 3), width=st.integers(1, 3))
+def test_forward_matches_the_stock_decoder_for_any_latent_shape(vae, frames, height, width):
+    z = torch.randn(1, vae.config.latent_channels, frames, height, width)
+    with torch.no_grad():
+        out = decoder.forward(vae.decoder, z)
+    assert relative(out, stock(vae.decoder, z, False)) < 1e-5
+
+
+def test_forward_refuses_a_timestep():
+    with pytest.raises(ValueError, match="timestep"):
+        decoder.forward(tiny_video_vae().decoder, torch.zeros(1, 8, 1, 1, 1), torch.zeros(1))
+
+
+def small_vae(**changes: object) -> AutoencoderKLLTX2Video:
+    """The tiny 2.3 VAE topology with some flags changed."""
+    base = {**VIDEO_VAE_2_3, "latent_channels": 8, "block_out_channels": (8, 16, 16, 16)}
+    base.update(decoder_block_out_channels=(8, 16, 16, 16), layers_per_block=(1,) * 5)
+    return AutoencoderKLLTX2Video(**{**base, "decoder_layers_per_block": (1,) * 5, **changes}).eval()
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"timestep_conditioning": True},
+        {"decoder_inject_noise": (True, False, False, False, False)},
+        {"upsample_residual": (True, False, False, False)},
+    ],
+)
+def test_decoders_with_other_blocks_are_refused_and_decode_stock(changes):
+    vae = small_vae(**changes)
+    assert not decoder.supports(vae.decoder)
+    assert not decoder.install(vae.decoder)
+    assert "forward" not in vae.decoder.__dict__
+
+
+def test_decode_video_runs_a_refused_decoder_stock():
+    vae = small_vae(upsample_residual=(True, False, False, False))
+    frames = decode_video(vae, torch.randn(1, 8, 2, 1, 1))
+    assert frames.shape == (9, 32, 32, 3)
+    assert "forward" not in vae.decoder.__dict__
+
+
+def test_install_is_idempotent_and_decode_video_gives_the_stock_frames():
+    vae = tiny_video_vae().eval()
+    z = torch.randn(1, vae.config.latent_channels, 3, 2, 2)
+    pixels = stock(vae.decoder, denormalize_video(z, vae), False)[0]
+    expected = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0)
+    assert decoder.install(vae.decoder)
+    installed = vae.decoder.forward
+    assert decoder.install(vae.decoder)
+    assert vae.decoder.forward is installed
+    frames = decode_video(vae, z)
+    assert frames.shape == expected.shape == (17, 64, 64, 3)
+    assert (frames.int() - expected.int()).abs().max() <= 1
