@@ -3,10 +3,13 @@
 import pytest
 import torch
 from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audioloop.media.audio import SAMPLE_RATE, log_mel
 from audioloop.models import tiny
 from audioloop.models.latents import (
+    DECODE_TILE_PX,
     decode_video,
     denormalize_audio_tokens,
     denormalize_video,
@@ -16,6 +19,7 @@ from audioloop.models.latents import (
     normalize_audio_tokens,
     normalize_video,
     pack_audio,
+    tile_stride,
     unpack_audio,
 )
 
@@ -139,8 +143,37 @@ def test_decode_video_shape_and_determinism(video_vae: AutoencoderKLLTX2Video) -
 
 
 def test_decode_video_tiles_wide_frames_spatially(video_vae: AutoencoderKLLTX2Video) -> None:
-    width = video_vae.tile_sample_min_width // 32 + 2  # wider than one tile
+    width = DECODE_TILE_PX // 32 + 2  # wider than one tile
     z = torch.randn(1, C, 2, 1, width, generator=torch.Generator().manual_seed(4))
+    before = dict(vars(video_vae))
     video = decode_video(video_vae, z)
     assert video.shape == (9, 32, 32 * width, 3)
     assert (video_vae.use_tiling, video_vae.use_framewise_decoding) == (False, False)
+    assert {key: vars(video_vae)[key] for key in before if key.startswith("tile_")} == {
+        key: value for key, value in before.items() if key.startswith("tile_")
+    }
+
+
+@pytest.mark.parametrize(
+    ("latents", "stride"),
+    [(15, 32), (26, 32), (32, 32), (33, 17), (52, 26), (60, 20), (61, 21), (100, 25)],
+)
+def test_tile_stride_exact(latents: int, stride: int) -> None:
+    assert tile_stride(latents, 32, 4) == stride
+
+
+@settings(max_examples=300, deadline=None)
+@given(latents=st.integers(1, 400), tile=st.integers(8, 64), overlap=st.integers(1, 6))
+def test_tile_stride_covers_the_axis_with_overlapping_tiles(latents: int, tile: int, overlap: int) -> None:
+    stride = tile_stride(latents, tile, overlap)
+    starts = list(range(0, latents, stride))  # where diffusers starts its tiles
+    assert starts[-1] + tile >= latents  # the last tile reaches the edge
+    assert len(starts) == 1 or tile - stride >= overlap  # neighbours overlap enough to blend
+    assert len(starts) <= -(-latents // (tile - overlap))  # no more tiles than a plain stride needs
+
+
+@given(latents=st.integers(33, 640))  # frames up to 20,480 px
+def test_decode_tiles_never_end_in_a_redundant_sliver(latents: int) -> None:
+    tile = DECODE_TILE_PX // 32
+    starts = list(range(0, latents, tile_stride(latents, tile, 4)))
+    assert starts[-2] + tile < latents
