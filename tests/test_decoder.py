@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +12,7 @@ from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoUpsampler
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from audioloop import render
 from audioloop.models import decoder
 from audioloop.models.configs import VIDEO_VAE_2_3
 from audioloop.models.latents import decode_video, denormalize_video
@@ -142,3 +145,13 @@ def test_install_is_idempotent_and_decode_video_gives_the_stock_frames():
     frames = decode_video(vae, z)
     assert frames.shape == expected.shape == (17, 64, 64, 3)
     assert (frames.int() - expected.int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize(("fused", "background"), [(True, True), (True, False), (False, True)])
+def test_the_render_decodes_fused_only_with_compile_on(fused, background):
+    vae = tiny_video_vae().eval()
+    plan = SimpleNamespace(new_lat=1, height=64, width=96)
+    writer = SimpleNamespace(write=lambda frames: None)
+    stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (), writer, background, fused)
+    stream.close()
+    assert ("forward" in vae.decoder.__dict__) == fused

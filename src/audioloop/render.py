@@ -35,12 +35,13 @@ from audioloop.errors import Interrupted, RenderError, SettingsError
 from audioloop.job import Job, audio_slice
 from audioloop.media.audio import SourceAudio, log_mel
 from audioloop.media.writer import VideoWriter
+from audioloop.models import decoder as vae_decoder
 from audioloop.models.accel import AccelSettings, accelerate
-from audioloop.models.latents import decode_video, encode_audio, encode_frames, encode_image
+from audioloop.models.latents import decode_video, encode_audio, encode_frames, encode_image, warm_decoder
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import TextEmbedding, encode_prompts
 from audioloop.parallel import from_rank0, is_rank0, same_on_every_rank
-from audioloop.plan import TEMPORAL, Plan, Window, audio_tokens
+from audioloop.plan import SPATIAL, TEMPORAL, Plan, Window, audio_tokens
 from audioloop.progress import RenderProgress
 from audioloop.sampling.adain import adain_frames
 from audioloop.sampling.layout import WindowLayout, first_window, next_window
@@ -190,7 +191,8 @@ def _render(
         if parallel and state.transformer is not None:
             _enter_split(split, state.transformer)
         if writer is not None:
-            stream = decoder(components, plan, job.spans, writer, job.background)
+            with clock("decode"):
+                stream = decoder(components, plan, job.spans, writer, job.background, job.accel.compile)
         for window in plan.windows:
             progress.start_window(window.index, len(plan.windows), sampled=window.index >= job.start)
             latents = _window_latents(job, window, state, progress, clock)
@@ -294,9 +296,18 @@ def open_writer(
 
 
 def decoder(
-    components: Components, plan: Plan, spans: tuple[DecodeSpan, ...], writer: VideoWriter, background: bool
+    components: Components,
+    plan: Plan,
+    spans: tuple[DecodeSpan, ...],
+    writer: VideoWriter,
+    background: bool,
+    fused: bool,
 ) -> LatentStream:
-    """The stream that decodes each window's (or tile's) final latents, as the spans say, onto the writer."""
+    """The stream that decodes each window's (or tile's) final latents, as the spans say, onto the writer.
+    `fused` (with compile on): through the fused decoder forward; in the background, its kernels are
+    compiled here first."""
+    if fused and vae_decoder.install(components.video_vae.decoder) and background:
+        warm_decoder(components.video_vae, plan.height // SPATIAL, plan.width // SPATIAL)
     return LatentStream(
         plan, spans, partial(decode_video, components.video_vae), writer.write, background=background
     )

@@ -156,7 +156,8 @@ def _upscale(
     writer = open_writer(job.output, tiles, job.audio, job.render.settings, queue_frames(job))
     stream = None
     try:
-        stream = decoder(components, tiles, job.spans, writer, job.background)
+        with clock("decode"):
+            stream = decoder(components, tiles, job.spans, writer, job.background, job.accel.compile)
         for tile in tiles.windows:
             progress.start_window(tile.index, len(tiles.windows), sampled=tile.index >= job.start)
             latents = _tile_latents(job, tile, state, progress, clock)
