@@ -1,16 +1,20 @@
-"""Making the per-window VAE decode cheaper: decoder variants, overlap with sampling, and x264.
+"""Making the per-window VAE decode cheaper: stock vs fused decoder, accuracy, profile, overlap, x264.
 
 Full-size LTX-2.3 with random bf16 weights (`--tiny`: the tiny model on the CPU, to test this script). Parts,
 in the order given by `--parts`; everything lands in `$OUT/decode.json` after each measurement, and later
 measurements are skipped once `--deadline` seconds are near, so a run cut short still reports what it did.
 
-- variants: `decode_video` on one render decode span (default 72 latents = 56 new + 2×8 margin, 832×480 →
-  z [1, 128, 72, 15, 26], 569 frames), spatially tiled as the render does: as is (eager), with the VAE in
-  `channels_last_3d` (weights; weights and z), and with `vae.decoder` under `torch.compile(fullgraph=False,
-  dynamic=False)`. Each: first-call seconds (for the compiled one: its compile, one graph per tile width,
-  16 and 12 latents at 832 px), median/min/max of 3 after it (host wall, CUDA-synchronised), peak GPU
-  memory, and the frames' max and mean abs difference in uint8 levels against the eager ones. The VAE is
-  restored after each variant; compiles start from an empty cache.
+- spans: `decode_video` on each decode span of `--spans` (LATENTSxWIDTHxHEIGHT; default the render's span,
+  72 latents = 56 new + 2×8 margin at 832×480, and the upscale's two- and three-tile spans at 1664×960),
+  in the render's spatial tiles (`latents.DECODE_TILE_PX`: 832×480 is one), through diffusers' stock
+  decoder forward on contiguous weights and through `models/decoder.py` (fused norm/SiLU/padding,
+  channels-last). Both copy the frames to the host through page-locked memory. Each: first-call seconds
+  (the fused one's includes its compiles), median/min/max of `--repeats` after it (host wall,
+  CUDA-synchronised, as the render waits for it), peak GPU memory, and the fused frames' max and mean abs
+  difference in uint8 levels against the stock ones.
+- accuracy: one short span (17 latents, 832×480, untiled) through the stock and the fused decoder in bf16
+  and the stock decoder in fp32 (the same weights upcast, TF32 off): ‖out − ref‖ / ‖ref‖ of each bf16 one.
+- profile: one stock and one fused decode of the first span under torch.profiler: CUDA time by kernel kind.
 - overlap: the transformer compiled as the render does (`accel.accelerate`), one whole window ≥ 1 at
   832×480×497 through `sample_window` (8 steps, NAG on) on the main thread while another thread decodes one
   span on a side CUDA stream (which waits on an event recorded on the main stream). Per repeat, interleaved:
@@ -19,15 +23,16 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
 - x264: frames per second of audioloop's VideoWriter (CRF 18) on 250 decoded random-model frames (x264's
   worst case) and on 250 smooth moving frames (closer to footage), presets medium, fast and veryfast.
 
-`--tiny` runs every part at 576×64 on the CPU: compiles with Dynamo's "eager" backend, the overlap's decode on
-a plain thread (no streams); its timings mean nothing, it only checks the script.
+`--tiny` runs every part at 576×64 on the CPU (compiles skipped: the fused decoder is eager there); its
+timings mean nothing, it only checks the script.
 
-    python bench/decode.py --out $OUT
+    python bench/decode.py --out $OUT --parts spans,accuracy,profile
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import math
 import os
@@ -35,8 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -45,50 +49,32 @@ from torch import Tensor, nn
 
 import fullsize
 from audioloop.media.writer import VideoWriter
-from audioloop.models import accel
-from audioloop.models.latents import decode_video
+from audioloop.models import accel, decoder
+from audioloop.models.latents import decode_video, denormalize_video
 from audioloop.models.tiny import tiny_transformer, tiny_video_vae
 from step_variants import sampler, window
 from timing import Run, summary, sync, wall
 
 GiB = 2**30
-# --tiny: a geometry the tiny model runs through on two CPU cores; wider than one 512 px tile, so the
-# decode still goes through diffusers' spatial tiles (two tile widths, as at 832 px).
-TINY = {"width": 576, "height": 64, "frames": 65, "latents": 5, "text_tokens": 16}
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way of running the same decode: VAE weights and/or z in channels_last_3d, decoder compiled; about
-    the seconds it takes on the device (skipped when fewer are left)."""
-
-    name: str
-    channels_last: bool = False
-    z_channels_last: bool = False
-    compiled: bool = False
-    need_s: float = 30.0
-
-
-VARIANTS = (
-    Variant("eager"),
-    Variant("channels_last", channels_last=True),
-    Variant("channels_last+z", channels_last=True, z_channels_last=True),
-    Variant("compiled", compiled=True, need_s=240.0),
-)
+# --tiny: a geometry the tiny model runs through on two CPU cores; one decode tile, as 832×480 is.
+TINY = {"width": 576, "height": 64, "frames": 65, "latents": 5, "text_tokens": 16, "spans": "5x576x64"}
+SPANS = "72x832x480,48x1664x960,64x1664x960"  # render span; upscale spans of two and three 16-latent tiles
+SPAN_NEED_S = 60.0
 OVERLAP_NEED_S = 200.0  # build, compile and warm the transformer, one repeat
 X264_NEED_S = 60.0
 
 
 class Bench(Run):
-    """Shared state of one run: settings, the VAE and its input, the results written after each step."""
+    """Shared state of one run: settings, the VAE and the first span's latents, the results so far."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        """Start the clock and the results record; build the VAE and the decode span's latents."""
+        """Start the clock and the results record; build the VAE and the first decode span's latents."""
         super().__init__(args, "decode")
         self.vae = build_vae(self.device, args.tiny)
-        self.z = span_latents(self.vae, args, self.device)
-        self.frames: Tensor | None = None  # the eager decode of z, once done
-        self.results.update(z_shape=list(self.z.shape), frames=list(decoded_shape(self.z)), variants={})
+        self.spans = [tuple(int(v) for v in span.split("x")) for span in args.spans.split(",")]
+        self.z = span_latents(self.vae, self.spans[0], self.device)
+        self.frames: Tensor | None = None  # the first span's stock decode, once done
+        self.results.update(spans={})
 
 
 def timed(fn: Callable[[], Tensor], device: torch.device, repeats: int) -> tuple[dict, Tensor]:
@@ -125,32 +111,27 @@ def build_vae(device: torch.device, tiny: bool) -> AutoencoderKLLTX2Video:
     return fullsize.build(AutoencoderKLLTX2Video, fullsize.VIDEO_VAE_2_3, str(device), torch.bfloat16, 1)
 
 
-def decoded_shape(z: Tensor) -> tuple[int, int, int]:
-    """Frames, height and width that latents z [1, C, F, h, w] decode to."""
-    _, _, latents, h, w = z.shape
-    return 8 * (latents - 1) + 1, 32 * h, 32 * w
-
-
-def span_latents(vae: AutoencoderKLLTX2Video, args: argparse.Namespace, device: torch.device) -> Tensor:
-    """Seeded normalised latents of one decode span, [1, C, latents, H/32, W/32] in float32."""
+def span_latents(vae: AutoencoderKLLTX2Video, span: tuple[int, int, int], device: torch.device) -> Tensor:
+    """Seeded normalised latents of one decode span (latents, width, height), [1, C, latents, H/32, W/32]."""
+    latents, width, height = span
     gen = torch.Generator(device=device).manual_seed(0)
-    shape = (1, vae.config.latent_channels, args.latents, args.height // 32, args.width // 32)
+    shape = (1, vae.config.latent_channels, latents, height // 32, width // 32)
     return torch.randn(shape, generator=gen, device=device)
 
 
 @contextmanager
-def applied(vae: AutoencoderKLLTX2Video, variant: Variant, backend: str) -> Iterator[None]:
-    """The VAE set up as `variant` inside the block, as it was (contiguous weights, eager decoder) after."""
-    decoder = vae.decoder
-    if variant.channels_last:
-        vae.to(memory_format=torch.channels_last_3d)
-    if variant.compiled:
-        vae.decoder = torch.compile(decoder, fullgraph=False, dynamic=False, backend=backend)
+def stock(vae: AutoencoderKLLTX2Video) -> Iterator[None]:
+    """Inside the block the decoder runs diffusers' own forward on contiguous weights, whether or not
+    `decoder.install` ran; as it was after."""
+    fused = vae.decoder.__dict__.pop("forward", None)
+    vae.decoder.to(memory_format=torch.contiguous_format)
     try:
         yield
     finally:
-        vae.decoder = decoder
-        vae.to(memory_format=torch.contiguous_format)
+        if fused is not None:
+            vae.decoder.forward = fused
+            if next(vae.decoder.parameters()).is_cuda:
+                vae.decoder.to(memory_format=torch.channels_last_3d)
 
 
 def frame_difference(frames: Tensor, reference: Tensor) -> dict[str, float]:
@@ -159,28 +140,91 @@ def frame_difference(frames: Tensor, reference: Tensor) -> dict[str, float]:
     return {"max_abs": int(diff.max()), "mean_abs": float(diff.sum(dtype=torch.float64)) / diff.numel()}
 
 
-def measure_variant(bench: Bench, variant: Variant) -> None:
-    """Time one decoder variant on the span; compare its frames with the eager decode's."""
-    z = bench.z.to(memory_format=torch.channels_last_3d) if variant.z_channels_last else bench.z
-    backend = "eager" if bench.args.tiny else "inductor"  # Dynamo's tracing alone on the CPU
-    with applied(bench.vae, variant, backend):
-        record, frames = timed(lambda: decode_video(bench.vae, z), bench.device, bench.args.repeats)
-    if variant.compiled:
-        record["compile_s"] = max(0.0, record["first_call_s"] - record["median"])
-    if variant.name == "eager":
-        bench.frames = frames
-        saturated = (frames == 0).count_nonzero() + (frames == 255).count_nonzero()
-        bench.results["eager_saturated_fraction"] = int(saturated) / frames.numel()
-    elif bench.frames is not None:
-        record["vs_eager"] = frame_difference(frames, bench.frames)
-    bench.results["variants"][variant.name] = record
+def measure_span(bench: Bench, span: tuple[int, int, int]) -> None:
+    """Stock then fused decode of one span, tiled as the render does; fused frames vs stock ones."""
+    vae, repeats = bench.vae, bench.args.repeats
+    z = bench.z if span == bench.spans[0] else span_latents(vae, span, bench.device)
+    name = "x".join(map(str, span))
+    with stock(vae):
+        stock_rec, stock_frames = timed(lambda: decode_video(vae, z), bench.device, repeats)
+    decoder.install(vae.decoder)
+    fused_rec, fused_frames = timed(lambda: decode_video(vae, z), bench.device, repeats)
+    fused_rec["vs_stock"] = frame_difference(fused_frames, stock_frames)
+    fused_rec["x_stock"] = fused_rec["median"] / stock_rec["median"]
+    bench.results["spans"][name] = {"stock": stock_rec, "fused": fused_rec}
+    if span == bench.spans[0]:
+        bench.frames = stock_frames
 
 
-def part_variants(bench: Bench) -> None:
-    """Every decoder variant, eager first (the reference for the frame differences)."""
-    for variant in VARIANTS:
-        bench.attempt(f"decode {variant.name}", lambda v=variant: measure_variant(bench, v), variant.need_s)
+def part_spans(bench: Bench) -> None:
+    """Every span, stock then fused."""
+    for span in bench.spans:
+        label = "x".join(map(str, span))
+        bench.attempt(f"span {label}", lambda s=span: measure_span(bench, s), SPAN_NEED_S)
     release(bench.device)
+
+
+def part_accuracy(bench: Bench) -> None:
+    """Stock and fused bf16 decodes of a short span against the stock decoder in fp32 (same weights)."""
+    vae = bench.vae
+    latents = 17 if not bench.args.tiny else 3
+    z = span_latents(vae, (latents, *bench.spans[0][1:]), bench.device)
+    z = denormalize_video(z, vae).to(torch.bfloat16)
+    reference = copy.deepcopy(vae.decoder).float()
+    reference.__dict__.pop("forward", None)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    with torch.inference_mode():
+        ref = reference(z.float(), None).double()
+        del reference
+        release(bench.device)
+        with stock(vae):
+            ours = {"stock": vae.decoder(z, None)}
+        decoder.install(vae.decoder)
+        ours["fused"] = vae.decoder(z, None)
+    torch.backends.cudnn.allow_tf32 = True
+    rec = bench.results["accuracy"] = {"latents": latents}
+    for name, out in ours.items():
+        rec[f"{name}_rel_err"] = float((out.double() - ref).norm() / ref.norm())
+
+
+def part_profile(bench: Bench) -> None:
+    """CUDA time of one stock and one fused decode of the first span by kernel kind (conv, fused Triton,
+    copies, other); the 25 costliest kernels of each to $OUT/decode_profile.txt."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    if bench.device.type != "cuda":
+        bench.results["profile"] = "CUDA only"
+        return
+    vae, z = bench.vae, bench.z
+    decoder.install(vae.decoder)
+    tables = []
+    for name, setup in (("stock", stock), ("fused", lambda _vae: nullcontext())):
+        with setup(vae):
+            decode_video(vae, z)  # compiled and warm
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                decode_video(vae, z)
+                sync(bench.device)
+        kinds: dict[str, float] = {}
+        for event in prof.key_averages():
+            if event.device_type == DeviceType.CUDA:
+                kind = kernel_kind(event.key)
+                kinds[kind] = kinds.get(kind, 0.0) + event.self_device_time_total / 1e6
+        bench.results.setdefault("profile", {})[name] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+        tables.append(f"{name}\n" + prof.key_averages().table(sort_by="self_device_time_total", row_limit=25))
+    (bench.args.out / "decode_profile.txt").write_text("\n\n".join(tables))
+
+
+def kernel_kind(name: str) -> str:
+    """A kernel's kind from its name: cuDNN/CUTLASS convolution, Triton (fused), copy, or other."""
+    low = name.lower()
+    if any(key in low for key in ("conv", "cudnn", "sm90_xmma", "implicit", "wgrad", "dgrad", "fprop")):
+        return "conv"
+    if low.startswith("triton"):
+        return "triton (fused)"
+    if "memcpy" in low or "copy" in low:
+        return "copy"
+    return "other"
 
 
 def accelerated(args: argparse.Namespace, device: torch.device) -> nn.Module:
@@ -253,6 +297,7 @@ def part_overlap(bench: Bench) -> None:
     rec["video_tokens"] = x["layout"].clean.shape[1]
     sample = sampler(model, x)  # 8 distilled steps, NAG on: what the render runs
     side = torch.cuda.Stream(device) if device.type == "cuda" else None
+    decoder.install(bench.vae.decoder)  # the render's decoder (its kernels compile in the first decode)
 
     def decode() -> None:
         """The render's decode of one span, its frames dropped."""
@@ -328,20 +373,25 @@ def part_x264(bench: Bench) -> None:
 
 def print_table(res: dict) -> None:
     """The short table the device reply carries."""
-    frames, height, width = res["frames"]
-    print(f"\n{res['gpu']}  torch {res['torch']}  z {res['z_shape']} → {frames} frames {width}x{height}")
-    if res["variants"]:
-        print(f"{'decode':16s} {'median s':>9s} {'(min-max)':>15s} {'peak GiB':>8s}  first s  |Δ| max mean")
-    for name, rec in res["variants"].items():
-        diff = rec.get("vs_eager", {"max_abs": "-", "mean_abs": float("nan")})
-        spread = f"({rec['min']:6.3f}-{rec['max']:6.3f})"
-        peak = rec.get("peak_gib", 0.0)
-        print(
-            f"{name:16s} {rec['median']:9.3f} {spread} {peak:8.1f} {rec['first_call_s']:8.1f}  "
-            f"{diff['max_abs']:>7} {diff['mean_abs']:.4f}"
-        )
-    if "eager_saturated_fraction" in res:
-        print(f"eager frames at 0 or 255: {100 * res['eager_saturated_fraction']:.1f}% of values")
+    print(f"\n{res['gpu']}  torch {res['torch']}")
+    if res["spans"]:
+        head = ("span", "forward", "median s", "(min-max)", "peak GiB", "first s")
+        print("{:22s} {:7s} {:>9s} {:>17s} {:>8s} {:>8s}".format(*head))
+    for name, recs in res["spans"].items():
+        for kind, rec in recs.items():
+            spread = f"({rec['min']:6.3f}-{rec['max']:6.3f})"
+            print(
+                f"{name:22s} {kind:7s} {rec['median']:9.3f} {spread:>17s} {rec.get('peak_gib', 0.0):8.1f} "
+                f"{rec['first_call_s']:8.1f}"
+            )
+        fused = recs["fused"]
+        diff = fused["vs_stock"]
+        print(f"{'':22s} fused {fused['x_stock']:.3f}x stock; |Δ| max {diff['max_abs']}", end="")
+        print(f", mean {diff['mean_abs']:.4f} levels")
+    for name, value in res.get("accuracy", {}).items():
+        print(f"accuracy {name:16s} {value}")
+    for name, kinds in (res.get("profile") or {}).items() if isinstance(res.get("profile"), dict) else ():
+        print(f"profile {name} (s): " + ", ".join(f"{k} {v:.3f}" for k, v in kinds.items()))
     over = res.get("overlap", {})
     if "hidden" in over:
         med = {key: value["median"] for key, value in over.items() if isinstance(value, dict)}
@@ -370,9 +420,13 @@ def main() -> None:
     """Parse arguments and run the parts asked for."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--parts", default="variants,overlap", help="any of variants,overlap,x264, in order")
-    parser.add_argument("--latents", type=int, default=72, help="a render decode span: 56 new + 2×8 margin")
-    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument(
+        "--parts",
+        default="spans,accuracy,profile",
+        help="any of spans,accuracy,profile,overlap,x264, in order",
+    )
+    parser.add_argument("--spans", default=SPANS, help="decode spans LATENTSxWIDTHxHEIGHT, comma-separated")
+    parser.add_argument("--width", type=int, default=832, help="the overlap's sampled window")
     parser.add_argument("--height", type=int, default=480)
     parser.add_argument("--frames", type=int, default=497, help="the sampled window's frames (overlap)")
     parser.add_argument("--fps", type=float, default=25.0)
@@ -392,8 +446,14 @@ def main() -> None:
     os.environ["AUDIOLOOP_CACHE_DIR"] = tempfile.mkdtemp(prefix="audioloop-decode-")
     accel.use_compile_cache(accel.compile_cache_dir())
     bench = Bench(args)
-    parts = {"variants": part_variants, "overlap": part_overlap, "x264": part_x264}
-    needs = {"variants": 0.0, "overlap": OVERLAP_NEED_S, "x264": X264_NEED_S}
+    parts = {
+        "spans": part_spans,
+        "accuracy": part_accuracy,
+        "profile": part_profile,
+        "overlap": part_overlap,
+        "x264": part_x264,
+    }
+    needs = {"spans": 0.0, "accuracy": 30.0, "profile": 20.0, "overlap": OVERLAP_NEED_S, "x264": X264_NEED_S}
     for name in args.parts.split(","):
         bench.attempt(f"part {name}", lambda n=name: parts[n](bench), needs[name])
     bench.save()
