@@ -45,7 +45,7 @@ def pad_time(x: Tensor, before: int, after: int) -> Tensor:
 
 def norm_silu_pad(x: Tensor, before: int, after: int) -> Tensor:
     """SiLU of the per-position RMS norm over channels, time-padded: a conv's input in a resnet or at the
-    decoder's output. Computed in float32, returned in x's dtype and memory layout."""
+    decoder's output. Computed in float32, returned in x's dtype."""
     y = x.float()
     y = y * torch.rsqrt(y.square().mean(dim=1, keepdim=True) + RMS_EPS)
     return pad_time(F.silu(y).to(x.dtype), before, after)
