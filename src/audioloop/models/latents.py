@@ -133,9 +133,9 @@ def tile_stride(latents: int, tile: int, min_overlap: int) -> int:
     if latents <= tile:
         return tile
     count = 2
-    while -(-latents // count) > tile - min_overlap:
+    while (stride := -(-latents // count)) > tile - min_overlap:
         count += 1
-    return -(-latents // count)
+    return stride
 
 
 @contextmanager
