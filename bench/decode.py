@@ -6,7 +6,7 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
 
 - spans: `decode_video` on each decode span of `--spans` (LATENTSxWIDTHxHEIGHT; default the render's span,
   72 latents = 56 new + 2×8 margin at 832×480, and the upscale's two- and three-tile spans at 1664×960),
-  in the render's spatial tiles (`latents.DECODE_TILE_PX`: 832×480 is one), through diffusers' stock
+  in the render's spatial tiles (`latents.tile_grid`: 832×480 is one), through diffusers' stock
   decoder forward on contiguous weights and through `models/decoder.py` (fused norm/SiLU/padding,
   channels-last). Both copy the frames to the host through page-locked memory. Each: first-call seconds
   (the fused one's includes its compiles), median/min/max of `--repeats` after it (host wall,

@@ -47,15 +47,15 @@ def inputs(folder: Path, seconds: float) -> tuple[Path, Path, Path]:
     return song, image, ROOT / "prompts" / "indie_ballad.yaml"
 
 
-def footage(decode: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]) -> Callable:
+def footage(decode: Callable[..., torch.Tensor]) -> Callable:
     """`decode`, whose frames are then swapped for a smooth moving clip of the same shape: the GPU decodes
     as in the render, but x264 sees footage instead of the random model's noise, its worst case. One clip
     (the longest span's) is kept and sliced (the writer copies what it queues)."""
     clip = torch.empty(0, 0, 0, 3, dtype=torch.uint8)
 
-    def decode_then_swap(vae: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    def decode_then_swap(vae: torch.nn.Module, z: torch.Tensor, **options: int) -> torch.Tensor:
         nonlocal clip
-        frames = decode(vae, z)
+        frames = decode(vae, z, **options)
         if clip.shape[0] < frames.shape[0] or clip.shape[1:] != frames.shape[1:]:
             clip = smooth_frames(*frames.shape[:3])
         return clip[: frames.shape[0]]

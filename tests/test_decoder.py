@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audioloop import render
+from audioloop.decode import DecodeSpan
 from audioloop.models import decoder
 from audioloop.models.configs import VIDEO_VAE_2_3
 from audioloop.models.latents import decode_video, denormalize_video
@@ -155,3 +156,24 @@ def test_the_render_decodes_fused_only_with_compile_on(fused, background):
     stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (), writer, background, fused)
     stream.close()
     assert ("forward" in vae.decoder.__dict__) == fused
+
+
+def test_the_render_decodes_in_tiles_of_the_area_it_is_given(monkeypatch):
+    calls = []
+
+    def decode(vae, z, tile_area):
+        calls.append(("decode", tile_area))
+        return torch.zeros(17, 64, 64, 3, dtype=torch.uint8)
+
+    monkeypatch.setattr(render, "decode_video", decode)
+    monkeypatch.setattr(render, "warm_decoder", lambda vae, h, w, area: calls.append(("warm", area)))
+    vae = tiny_video_vae().eval()
+    plan = SimpleNamespace(new_lat=3, height=64, width=64)
+    frames = []
+    writer = SimpleNamespace(write=frames.append)
+    span = DecodeSpan(window=0, start=0, end=3, emit_start=0, emit_end=17)
+    stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (span,), writer, True, True, 640)
+    stream.push(0, torch.zeros(1, vae.config.latent_channels, 3, 2, 2))
+    stream.close()
+    assert calls == [("warm", 640), ("decode", 640)]
+    assert [f.shape[0] for f in frames] == [17]

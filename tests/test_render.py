@@ -474,8 +474,8 @@ def test_six_windows_never_hold_more_than_two_windows_of_decoded_frames(
     decoded: list[int] = []
     real_decode, real_encode = audioloop.render.decode_video, VideoWriter._encode_frames
 
-    def recording(vae: Any, z: torch.Tensor) -> torch.Tensor:
-        frames = real_decode(vae, z)
+    def recording(vae: Any, z: torch.Tensor, **options: int) -> torch.Tensor:
+        frames = real_decode(vae, z, **options)
         decoded.append(len(frames))
         return frames
 

@@ -37,7 +37,14 @@ from audioloop.media.audio import SourceAudio, log_mel
 from audioloop.media.writer import VideoWriter
 from audioloop.models import decoder as vae_decoder
 from audioloop.models.accel import AccelSettings, accelerate
-from audioloop.models.latents import decode_video, encode_audio, encode_frames, encode_image, warm_decoder
+from audioloop.models.latents import (
+    DECODE_TILE_AREA,
+    decode_video,
+    encode_audio,
+    encode_frames,
+    encode_image,
+    warm_decoder,
+)
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import TextEmbedding, encode_prompts
 from audioloop.parallel import from_rank0, is_rank0, same_on_every_rank
@@ -302,15 +309,16 @@ def decoder(
     writer: VideoWriter,
     background: bool,
     fused: bool,
+    tile_area: int = DECODE_TILE_AREA,
 ) -> LatentStream:
-    """The stream that decodes each window's (or tile's) final latents, as the spans say, onto the writer.
-    `fused` (with compile on): through the fused decoder forward; in the background, its kernels are
-    compiled here first."""
-    if fused and vae_decoder.install(components.video_vae.decoder) and background:
-        warm_decoder(components.video_vae, plan.height // SPATIAL, plan.width // SPATIAL)
-    return LatentStream(
-        plan, spans, partial(decode_video, components.video_vae), writer.write, background=background
-    )
+    """The stream that decodes each window's (or tile's) final latents, as the spans say, in spatial tiles of
+    at most `tile_area` latents², onto the writer. `fused` (with compile on): through the fused decoder
+    forward; in the background, its kernels are compiled here first."""
+    vae = components.video_vae
+    if fused and vae_decoder.install(vae.decoder) and background:
+        warm_decoder(vae, plan.height // SPATIAL, plan.width // SPATIAL, tile_area)
+    decode = partial(decode_video, vae, tile_area=tile_area)
+    return LatentStream(plan, spans, decode, writer.write, background=background)
 
 
 def finish(stream: LatentStream, writer: VideoWriter, clock: Clock) -> None:

@@ -6,18 +6,17 @@ inference mode in their own device and dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
 
 VIDEO_TEMPORAL_FACTOR = 8
-# Decode tiles: 832×480 decodes whole, 1664×960 in two columns. Diffusers' 512-px tiles with a 384-px stride
-# cut 832×480 into six (two of them 2 and 3 latents wide) covering 1.5× the frame. The overlap is diffusers'.
-DECODE_TILE_PX = 1024
+# Decode tiles: equal tiles of at most DECODE_TILE_AREA latents² (the decoder's memory grows with a tile's
+# area), the fewest decoded pixels in all: 832×480 decodes whole, 1664×960 in two 896-px columns. Diffusers'
+# 512-px tiles with a 384-px stride cut 832×480 into six (two of them 2 and 3 latents wide), 1.5× the frame.
+DECODE_TILE_AREA = 32 * 32
 DECODE_TILE_OVERLAP_PX = 128
+CONVERT_FRAMES = 32  # decoded frames turned into uint8 at a time (~0.6 GB of float32 at 1664×960)
 
 
 def normalize_video(z: torch.Tensor, vae: AutoencoderKLLTX2Video) -> torch.Tensor:
@@ -79,20 +78,106 @@ def encode_frames(video_vae: AutoencoderKLLTX2Video, frames: torch.Tensor) -> to
     return _encode_pixels(video_vae, frames.permute(3, 0, 1, 2)[None])
 
 
-def decode_video(video_vae: AutoencoderKLLTX2Video, z: torch.Tensor) -> torch.Tensor:
+def decode_video(
+    video_vae: AutoencoderKLLTX2Video, z: torch.Tensor, tile_area: int = DECODE_TILE_AREA
+) -> torch.Tensor:
     """Normalised [1, C, F, h, w] → uint8 [8(F−1)+1, 32h, 32w, 3] on the CPU.
 
-    Frames wider or taller than the VAE's tile are decoded in spatial tiles. Never in temporal tiles: each
-    blended temporal seam shows as a visible pulse, one per tile stride (~2 s in the field report's ComfyUI
-    decodes); a render window already is the temporal tile and is decoded whole. The decoder runs as it is
-    set up: `decoder.install` makes it the fused forward (same function, fewer memory passes).
+    Frames of more than `tile_area` latents² are decoded in equal spatial tiles (`tile_grid`), blended
+    linearly where they overlap. Never in temporal tiles: each blended temporal seam shows as a visible
+    pulse, one per tile stride (~2 s in the field report's ComfyUI decodes); a render window already is the
+    temporal tile and is decoded whole. The decoder runs as it is set up: `decoder.install` makes it the
+    fused forward (same function, fewer memory passes).
     """
     device, dtype = _placement(video_vae)
     latents = denormalize_video(z.to(device=device, dtype=torch.float32), video_vae).to(dtype)
     timestep = torch.zeros(1, device=device, dtype=dtype) if video_vae.config.timestep_conditioning else None
-    with torch.inference_mode(), _spatial_tiling(video_vae, *z.shape[-2:]):
-        video = video_vae.decode(latents, timestep).sample
+    with torch.inference_mode():
+        video = _decode_tiles(video_vae, latents, timestep, tile_area)
     return _to_uint8(video[0])
+
+
+def tile_spans(length: int, count: int, min_overlap: int) -> tuple[tuple[int, int], ...]:
+    """[start, stop) of `count` tiles of one width spread evenly over an axis of `length` latents, the
+    narrowest whose neighbours overlap by ≥ `min_overlap`. One width means one decoder graph to compile
+    (diffusers cuts its last tile short, so a 1664-px frame had 1024- and 832-px tiles, and two graphs)."""
+    if not _tiles_fit(length, count, min_overlap):
+        raise ValueError(f"{count} tiles overlapping by {min_overlap} do not fit in {length} latents")
+    width = _tile_width(length, count, min_overlap)
+    starts = [k * (length - width) // (count - 1) for k in range(count)] if count > 1 else [0]
+    return tuple((start, start + width) for start in starts)
+
+
+def tile_grid(
+    height: int, width: int, max_area: int, min_overlap: int
+) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:
+    """(rows, columns) as `tile_spans` of the decode tiles of a height × width latent frame: tiles of at
+    most `max_area` latents² that decode the least area in all, then the fewest tiles."""
+    best = None
+    for rows in filter(lambda n: _tiles_fit(height, n, min_overlap), range(1, height + 1)):
+        for cols in filter(lambda n: _tiles_fit(width, n, min_overlap), range(1, width + 1)):
+            tile = _tile_width(height, rows, min_overlap) * _tile_width(width, cols, min_overlap)
+            key = (rows * cols * tile, rows * cols)
+            if tile <= max_area and (best is None or key < best[0]):
+                best = key, (rows, cols)
+    if best is None:
+        raise ValueError(
+            f"no tiles of ≤ {max_area} latents² overlapping by {min_overlap} cover {height}×{width}"
+        )
+    rows, cols = best[1]
+    return tile_spans(height, rows, min_overlap), tile_spans(width, cols, min_overlap)
+
+
+def _tiles_fit(length: int, count: int, min_overlap: int) -> bool:
+    """Whether `count` equal tiles overlapping by ≥ `min_overlap` fit an axis of `length`, each starting
+    after the one before and none as long as the axis."""
+    width = _tile_width(length, count, min_overlap)
+    return count == 1 or (width < length and length - width >= count - 1)
+
+
+def _tile_width(length: int, count: int, min_overlap: int) -> int:
+    """The width of `count` equal tiles covering `length` with neighbours overlapping by ≥ `min_overlap`."""
+    return length if count == 1 else -(-(length + (count - 1) * min_overlap) // count)
+
+
+def blend_weights(spans: tuple[tuple[int, int], ...], scale: int) -> list[torch.Tensor]:
+    """Per tile of `spans` (in latents), float32 weights over its `scale`× as many pixels: 1 inside, a linear
+    ramp across each overlap with a neighbour, so that the weights of all tiles sum to 1 at every pixel."""
+    edges = [(a * scale, b * scale) for a, b in spans]
+    raw = []
+    for k, (a, b) in enumerate(edges):
+        p = torch.arange(a, b, dtype=torch.float64) + 0.5
+        w = torch.ones(b - a, dtype=torch.float64)
+        if k > 0:
+            w = torch.minimum(w, (p - a) / (edges[k - 1][1] - a))
+        if k + 1 < len(edges):
+            w = torch.minimum(w, (b - p) / (b - edges[k + 1][0]))
+        raw.append(w)
+    total = torch.zeros(edges[-1][1], dtype=torch.float64)
+    for (a, b), w in zip(edges, raw, strict=True):
+        total[a:b] += w
+    return [(w / total[a:b]).float() for (a, b), w in zip(edges, raw, strict=True)]
+
+
+def _decode_tiles(
+    vae: AutoencoderKLLTX2Video, latents: torch.Tensor, temb: torch.Tensor | None, tile_area: int
+) -> torch.Tensor:
+    """The decoder's pixels [1, 3, F', H, W] for `latents`, tile by tile (`tile_grid`) when a frame exceeds
+    `tile_area`, each tile weighted by `blend_weights` into the frame in the decoder's dtype."""
+    factor = vae.spatial_compression_ratio
+    rows, cols = tile_grid(*latents.shape[-2:], tile_area, DECODE_TILE_OVERLAP_PX // factor)
+    if len(rows) == len(cols) == 1:
+        return vae.decoder(latents, temb)
+    row_weights, col_weights = (blend_weights(spans, factor) for spans in (rows, cols))
+    video = None
+    for (y0, y1), wy in zip(rows, row_weights, strict=True):
+        for (x0, x1), wx in zip(cols, col_weights, strict=True):
+            pixels = vae.decoder(latents[..., y0:y1, x0:x1].contiguous(), temb)
+            if video is None:
+                video = pixels.new_zeros(*pixels.shape[:3], *(n * factor for n in latents.shape[-2:]))
+            pixels.mul_((wy[:, None] * wx).to(pixels))
+            video[..., y0 * factor : y1 * factor, x0 * factor : x1 * factor] += pixels
+    return video
 
 
 def _encode_pixels(vae: AutoencoderKLLTX2Video, pixels: torch.Tensor) -> torch.Tensor:
@@ -106,59 +191,29 @@ def _encode_pixels(vae: AutoencoderKLLTX2Video, pixels: torch.Tensor) -> torch.T
 
 def _to_uint8(video: torch.Tensor) -> torch.Tensor:
     """Decoder output [3, F, H, W] in [-1, 1] → uint8 [F, H, W, 3] on the CPU, rounded as diffusers'
-    VideoProcessor. From CUDA through page-locked memory: a plain copy to pageable memory moved 0.68 GB of
-    frames at 1.6 GB/s on an H200, 20% of a window's decode; torch caches the page-locked blocks."""
-    pixels = ((video.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    pixels = pixels.permute(1, 2, 3, 0).contiguous()
-    if not pixels.is_cuda:
-        return pixels
-    host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
-    host.copy_(pixels, non_blocking=True)
-    torch.cuda.current_stream(pixels.device).synchronize()
+    VideoProcessor, CONVERT_FRAMES at a time: converting a 1664×960 span whole held two float32 copies of
+    it beside the decoder's output (~10 GB for 249 frames). From CUDA through page-locked memory: a copy to
+    pageable memory ran at 1.6 GB/s on an H200, 20% of a window's decode; torch caches page-locked blocks."""
+    frames = video.shape[1]
+    host = torch.empty((frames, *video.shape[2:], 3), dtype=torch.uint8, pin_memory=video.is_cuda)
+    for start in range(0, frames, CONVERT_FRAMES):
+        chunk = video[:, start : start + CONVERT_FRAMES]
+        pixels = ((chunk.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+        host[start : start + CONVERT_FRAMES].copy_(pixels.permute(1, 2, 3, 0), non_blocking=True)
+    if video.is_cuda:
+        torch.cuda.current_stream(video.device).synchronize()
     return host
 
 
-def warm_decoder(video_vae: AutoencoderKLLTX2Video, height: int, width: int) -> None:
-    """Decode two latents of height × width once, so that an installed fused decoder's kernels for this
-    frame size are compiled on this thread: compiling on a decode thread beside a running transformer
-    breaks (FX's tracing patches nn.Module.__call__ for every thread)."""
+def warm_decoder(
+    video_vae: AutoencoderKLLTX2Video, height: int, width: int, tile_area: int = DECODE_TILE_AREA
+) -> None:
+    """Decode two latents of height × width once (tiled as `decode_video` will), so that an installed fused
+    decoder's kernels for this frame size are compiled on this thread: compiling on a decode thread beside a
+    running transformer breaks (FX's tracing patches nn.Module.__call__ for every thread)."""
     device, _ = _placement(video_vae)
-    decode_video(video_vae, torch.zeros(1, video_vae.config.latent_channels, 2, height, width, device=device))
-
-
-def tile_stride(latents: int, tile: int, min_overlap: int) -> int:
-    """The stride of diffusers' spatial decode tiles along one axis of `latents`: `tile` (one tile) when it
-    fits, else the balanced stride of the fewest tiles of `tile` that cover the axis with neighbours
-    overlapping by ≥ `min_overlap` (diffusers starts a tile at every multiple of the stride)."""
-    if latents <= tile:
-        return tile
-    count = 2
-    while (stride := -(-latents // count)) > tile - min_overlap:
-        count += 1
-    return stride
-
-
-@contextmanager
-def _spatial_tiling(vae: AutoencoderKLLTX2Video, height: int, width: int) -> Iterator[None]:
-    """Spatial tiles of DECODE_TILE_PX for latents of height × width, none when a frame fits one (never
-    temporal tiles); restores the VAE's settings."""
-    names = ("use_tiling", "use_framewise_decoding", "tile_sample_min_height", "tile_sample_min_width")
-    names += ("tile_sample_stride_height", "tile_sample_stride_width")
-    saved = {name: getattr(vae, name) for name in names}
-    factor = vae.spatial_compression_ratio
-    tile, overlap = DECODE_TILE_PX // factor, DECODE_TILE_OVERLAP_PX // factor
-    vae.enable_tiling(
-        tile_sample_min_height=DECODE_TILE_PX,
-        tile_sample_min_width=DECODE_TILE_PX,
-        tile_sample_stride_height=tile_stride(height, tile, overlap) * factor,
-        tile_sample_stride_width=tile_stride(width, tile, overlap) * factor,
-    )
-    vae.use_framewise_decoding = False
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(vae, name, value)
+    z = torch.zeros(1, video_vae.config.latent_channels, 2, height, width, device=device)
+    decode_video(video_vae, z, tile_area)
 
 
 def _channel_stats(vae: AutoencoderKLLTX2Video, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
