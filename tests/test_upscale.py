@@ -28,6 +28,7 @@ from audioloop.decode import decode_spans, window_ends
 from audioloop.errors import InputError, Interrupted, SettingsError
 from audioloop.job import prepare
 from audioloop.models.accel import DEFAULT_FP8, AccelSettings
+from audioloop.models.latents import DECODE_TILE_AREA, tile_grid
 from audioloop.models.load import load_latent_upsampler, upsampler_revision
 from audioloop.models.tiny import tiny_latent_upsampler, tiny_video_vae
 from audioloop.plan import Plan, make_plan
@@ -52,6 +53,7 @@ from audioloop.upscale import render_timeline, upsample, upscale
 from audioloop.upscale_job import (
     REFINE_SIGMAS,
     UpscaleRequest,
+    decode_tile_area,
     prepare_upscale,
     read_render,
     refine_sigmas,
@@ -505,3 +507,10 @@ def test_render_with_upscale_renders_then_upscales(tmp_path: Path) -> None:
 def test_a_decode_span_covers_two_tiles_only_where_the_weights_leave_room() -> None:
     assert span_tiles(AccelSettings()) == 1
     assert span_tiles(AccelSettings(fp8=DEFAULT_FP8)) == span_tiles(AccelSettings(offload=True)) == 2
+
+
+def test_decode_tiles_are_smaller_beside_resident_bf16_weights() -> None:
+    roomy = decode_tile_area(AccelSettings(fp8=DEFAULT_FP8))
+    assert roomy == decode_tile_area(AccelSettings(offload=True)) == DECODE_TILE_AREA
+    assert decode_tile_area(AccelSettings()) == 640
+    assert [len(axis) for axis in tile_grid(30, 52, 640, 4)] == [1, 3]  # 1664×960: three columns

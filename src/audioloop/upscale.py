@@ -57,7 +57,7 @@ from audioloop.render import (
 from audioloop.sampling.layout import refine_window
 from audioloop.sidecar import accel_table, decode_table, versions, window_table
 from audioloop.tiles import refined_range, timeline_latents, upsample_range
-from audioloop.upscale_job import REFINE_SIGMAS, Render, UpscaleJob
+from audioloop.upscale_job import REFINE_SIGMAS, Render, UpscaleJob, decode_tile_area
 from audioloop.workdir import cache_dir, write_json
 
 # load: models and the render's latents; text: prompt encoding (cached); upsample: the latent upsampler;
@@ -157,7 +157,8 @@ def _upscale(
     stream = None
     try:
         with clock("decode"):
-            stream = decoder(components, tiles, job.spans, writer, job.background, job.accel.compile)
+            area = decode_tile_area(job.accel)
+            stream = decoder(components, tiles, job.spans, writer, job.background, job.accel.compile, area)
         for tile in tiles.windows:
             progress.start_window(tile.index, len(tiles.windows), sampled=tile.index >= job.start)
             latents = _tile_latents(job, tile, state, progress, clock)

@@ -36,6 +36,7 @@ from audioloop.job import (
 )
 from audioloop.media.audio import SourceAudio, load_waveform, read_source_audio
 from audioloop.models.accel import AccelSettings
+from audioloop.models.latents import DECODE_TILE_AREA
 from audioloop.models.load import upsampler_revision
 from audioloop.plan import SPATIAL, TOKEN_WARN, Plan, Window
 from audioloop.sampling.sampler import check_sigmas
@@ -140,6 +141,13 @@ def span_tiles(accel: AccelSettings) -> int:
     pays its two 8-latent margins for 32 new latents, not 16 (a quarter less decoding); one with the bf16
     weights resident, where a two-tile span takes the peak from 55 to 62 GiB (bench/RESULTS.md)."""
     return 2 if accel.fp8 or accel.offload else 1
+
+
+def decode_tile_area(accel: AccelSettings) -> int:
+    """Latents² per spatial decode tile: the render's where the transformer's weights leave room (FP8 or
+    offload); 20 × 32 beside resident bf16 weights, so 1664×960 decodes in three 640-px columns (7% more
+    decoding than two 896-px ones), whose decoder activations took the bf16 peak to 62.1 GiB."""
+    return DECODE_TILE_AREA if accel.fp8 or accel.offload else 20 * 32
 
 
 def refine_sigmas(text: str) -> tuple[float, ...]:
