@@ -136,18 +136,24 @@ class UpscaleJob:
     warnings: tuple[str, ...]
 
 
+def weights_leave_room(accel: AccelSettings) -> bool:
+    """Whether the transformer's weights leave the decode room on the GPU: FP8 (half the bytes) or offload
+    (streamed), not bf16 resident (35 GiB at full size)."""
+    return bool(accel.fp8 or accel.offload)
+
+
 def span_tiles(accel: AccelSettings) -> int:
-    """Tiles per decode span: two where the transformer's weights leave room (FP8 or offload), so a span
-    pays its two 8-latent margins for 32 new latents, not 16 (a quarter less decoding); one with the bf16
-    weights resident, where a two-tile span takes the peak from 55 to 62 GiB (bench/RESULTS.md)."""
-    return 2 if accel.fp8 or accel.offload else 1
+    """Tiles per decode span: two where the weights leave room, so a span pays its two 8-latent margins for
+    32 new latents, not 16 (a quarter less decoding); one with the bf16 weights resident, where a two-tile
+    span takes the peak from 55 to 62 GiB (bench/RESULTS.md)."""
+    return 2 if weights_leave_room(accel) else 1
 
 
 def decode_tile_area(accel: AccelSettings) -> int:
-    """Latents² per spatial decode tile: the render's where the transformer's weights leave room (FP8 or
-    offload); 20 × 32 beside resident bf16 weights, so 1664×960 decodes in three 640-px columns (7% more
-    decoding than two 896-px ones), whose decoder activations took the bf16 peak to 62.1 GiB."""
-    return DECODE_TILE_AREA if accel.fp8 or accel.offload else 20 * 32
+    """Latents² per spatial decode tile: the render's where the weights leave room; 20 × 32 beside resident
+    bf16 weights, so 1664×960 decodes in three 640-px columns (7% more decoding than two 896-px ones), whose
+    decoder activations took the bf16 peak to 62.1 GiB."""
+    return DECODE_TILE_AREA if weights_leave_room(accel) else 20 * 32
 
 
 def refine_sigmas(text: str) -> tuple[float, ...]:
