@@ -20,8 +20,9 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
   span on a side CUDA stream (which waits on an event recorded on the main stream). Per repeat, interleaved:
   T_s (sampling alone), T_d (the side-stream decode alone), T_both (both at once, with the sampling's own
   wall inside it); hidden = (T_s + T_d − T_both) / T_d is the fraction of the decode that the overlap hides.
-- x264: frames per second of audioloop's VideoWriter (CRF 18) on 250 decoded random-model frames (x264's
-  worst case) and on 250 smooth moving frames (closer to footage), presets medium, fast and veryfast.
+- x264: frames per second of audioloop's VideoWriter (preset medium, CRF 18) on smooth moving frames (like
+  footage) at 832×480 and 1664×960: as it encodes now (x264 frame threads, yuv420p conversion in a few
+  threads) and as it did before (slice threads, conversion on the encoder thread).
 
 `--tiny` runs every part at 576×64 on the CPU (compiles skipped: the fused decoder is eager there); its
 timings mean nothing, it only checks the script.
@@ -42,12 +43,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from unittest.mock import patch
 
+import av
 import torch
 from diffusers import AutoencoderKLLTX2Video
 from torch import Tensor, nn
 
 import fullsize
+from audioloop.media import writer
 from audioloop.media.writer import VideoWriter
 from audioloop.models import accel, decoder
 from audioloop.models.latents import decode_video, denormalize_video
@@ -228,14 +232,14 @@ def kernel_kind(name: str) -> str:
 
 
 def accelerated(args: argparse.Namespace, device: torch.device) -> nn.Module:
-    """The transformer as the render runs it: blocks compiled (`accel.accelerate`, bf16, SDPA); tiny on the
-    CPU with Dynamo's tracing alone."""
+    """The transformer as the render runs it: blocks compiled (`accel.accelerate`, bf16 or `--fp8`, SDPA);
+    tiny on the CPU with Dynamo's tracing alone."""
     if args.tiny:
         model = tiny_transformer().to(device=device, dtype=torch.bfloat16).requires_grad_(False)
         accel.compile_blocks(model, backend="eager")
         return model
     model = fullsize.transformer(str(device))
-    accel.accelerate(model, accel.AccelSettings(compile=True), device)
+    accel.accelerate(model, accel.AccelSettings(compile=True, fp8="all" if args.fp8 else None), device)
     return model
 
 
@@ -340,8 +344,8 @@ def encode_fps(frames: Tensor, preset: str) -> float:
             audio=None,
             total_frames=count,
             preset=preset,
-        ) as writer:
-            writer.write(frames)
+        ) as video:
+            video.write(frames)
         return count / (time.perf_counter() - start)
 
 
@@ -359,15 +363,32 @@ def smooth_frames(count: int, height: int, width: int) -> Tensor:
     return frames
 
 
+@contextmanager
+def writer_before() -> Iterator[None]:
+    """Inside the block VideoWriter encodes as it did before 2026-12-01: x264 threaded by slices (PyAV's
+    default) and every frame converted to yuv420p on the encoder thread itself."""
+    add_stream = VideoWriter._add_video_stream
+
+    def sliced(self: VideoWriter, crf: int, preset: str) -> av.VideoStream:
+        stream = add_stream(self, crf, preset)
+        stream.codec_context.thread_type = "SLICE"
+        return stream
+
+    serial = patch.object(writer, "converted", lambda frames, _: map(writer.to_yuv420p, frames))
+    with serial, patch.object(VideoWriter, "_add_video_stream", sliced):
+        yield
+
+
 def part_x264(bench: Bench) -> None:
-    """x264 speed on up to 250 decoded random-model frames and on as many smooth frames of the same size."""
-    frames = bench.frames if bench.frames is not None else decode_video(bench.vae, bench.z)
-    noise = frames[:250]
-    smooth = smooth_frames(*noise.shape[:3])
-    rec = bench.results["x264"] = {"frames": noise.shape[0]}
-    for preset in ("medium", "fast", "veryfast"):
-        rec[f"{preset}_noise_fps"] = encode_fps(noise, preset)
-        rec[f"{preset}_smooth_fps"] = encode_fps(smooth, preset)
+    """VideoWriter's frames per second (preset medium, CRF 18) on smooth moving frames at the render's and
+    the upscale's size, as it encodes now and as it did before (`writer_before`)."""
+    rec = bench.results["x264"] = {}
+    for count, height, width in ((250, bench.args.height, bench.args.width), (100, 960, 1664)):
+        smooth = smooth_frames(count, height, width)
+        name = f"{width}x{height}"
+        with writer_before():
+            rec[f"{name}_before_fps"] = encode_fps(smooth, "medium")
+        rec[f"{name}_now_fps"] = encode_fps(smooth, "medium")
         bench.save()
 
 
@@ -431,6 +452,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=497, help="the sampled window's frames (overlap)")
     parser.add_argument("--fps", type=float, default=25.0)
     parser.add_argument("--text-tokens", type=int, default=1024)
+    parser.add_argument("--fp8", action="store_true", help="the overlap's transformer in FP8 ('all')")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--deadline", type=float, default=480.0, help="seconds; later measurements are skipped"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 
 from audioloop.errors import InputError
 from audioloop.media.audio import SourceAudio
-from audioloop.media.writer import VideoWriter
+from audioloop.media.writer import CONVERT_AHEAD, VideoWriter, converted, to_yuv420p
 
 W, H = 64, 48
 
@@ -334,3 +335,27 @@ def test_missing_output_directories_are_created(tmp_path: Path) -> None:
     path = write(tmp_path / "a" / "b" / "out.mov", [moving_bars(3)])
     assert path == tmp_path / "a" / "b" / "out.mov"
     assert files_in(path.parent) == ["out.mov"]
+
+
+def test_converted_yields_every_frame_in_order_as_the_serial_conversion() -> None:
+    frames = moving_bars(3 * CONVERT_AHEAD + 1)
+    with ThreadPoolExecutor(3) as pool:
+        planes = [f.to_ndarray() for f in converted(frames, pool)]
+    assert len(planes) == len(frames)
+    for plane, rgb in zip(planes, frames, strict=True):
+        np.testing.assert_array_equal(plane, to_yuv420p(rgb).to_ndarray())
+
+
+def test_converted_runs_at_most_convert_ahead_frames_ahead() -> None:
+    submitted = []
+
+    class CountingPool(ThreadPoolExecutor):
+        def submit(self, fn, *args):  # type: ignore[no-untyped-def, override]
+            submitted.append(args)
+            return super().submit(fn, *args)
+
+    frames = moving_bars(2 * CONVERT_AHEAD + 5)
+    with CountingPool(2) as pool:
+        for consumed, _ in enumerate(converted(frames, pool), start=1):
+            assert consumed <= len(submitted) <= min(len(frames), consumed + CONVERT_AHEAD)
+    assert len(submitted) == len(frames)
