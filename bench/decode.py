@@ -77,7 +77,6 @@ class Bench(Run):
         self.vae = build_vae(self.device, args.tiny)
         self.spans = [tuple(int(v) for v in span.split("x")) for span in args.spans.split(",")]
         self.z = span_latents(self.vae, self.spans[0], self.device)
-        self.frames: Tensor | None = None  # the first span's stock decode, once done
         self.results.update(spans={})
 
 
@@ -156,8 +155,6 @@ def measure_span(bench: Bench, span: tuple[int, int, int]) -> None:
     fused_rec["vs_stock"] = frame_difference(fused_frames, stock_frames)
     fused_rec["x_stock"] = fused_rec["median"] / stock_rec["median"]
     bench.results["spans"][name] = {"stock": stock_rec, "fused": fused_rec}
-    if span == bench.spans[0]:
-        bench.frames = stock_frames
 
 
 def part_spans(bench: Bench) -> None:

@@ -133,6 +133,7 @@ class VideoWriter:
         self._cond = threading.Condition()
         self._audio_samples: np.ndarray | None = None
         self._audio_pos = 0
+        self._pool: ThreadPoolExecutor  # the encoder thread's yuv420p converters, while it runs
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
