@@ -4,6 +4,7 @@ Full-size LTX-2.3 transformer with random bf16 weights (`--tiny`: the tiny model
 script), the sampler's exact inputs for a window ≥ 1 (context + appended guide). Parts, any subset, in order:
 
 - stock: stock eager alone (the reference for ratios when bf16 does not run).
+- errors: the per-block errors alone (bf16 per attention kernel, every FP8 recipe, torchao).
 - bf16: stock eager; eager with the cuDNN kernel; regional compile with each attention kernel; the sampler
   (NAG on) compiled; recompiles across the two window layouts; kernel profiles; per-block errors.
 - fp8: each FP8 recipe (rebuilt from the same seed), compiled, with its per-block error.
@@ -37,6 +38,7 @@ from torch import Tensor, nn
 
 import fullsize
 from audioloop.models import accel
+from audioloop.models.attention import use_quant_attention
 from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
@@ -170,6 +172,8 @@ def fp8_model(bench: Bench, recipe: str) -> nn.Module:
     model = build(bench.args, bench.device)
     spec = accel.FP8_RECIPES[recipe]
     accel.quantize_fp8(model, spec, accel.fp8_layer_names(model, spec))
+    if spec.attention:
+        use_quant_attention(model, spec.attention)
     return model
 
 
@@ -239,11 +243,14 @@ def rel_error(block: nn.Module, inputs: dict, ref: tuple[Tensor, Tensor]) -> dic
 
 
 def fp8_block(block: nn.Module, recipe: str) -> nn.Module:
-    """A copy of the block with the recipe's linears in FP8 (the recipe's bf16_blocks do not apply)."""
+    """A copy of the block with the recipe's linears (and attention) in FP8 (the recipe's bf16_blocks do not
+    apply)."""
     spec = dataclasses.replace(accel.FP8_RECIPES[recipe], bf16_blocks=())
     holder = nn.Module()
     holder.transformer_blocks = nn.ModuleList([copy.deepcopy(block)])
     accel.quantize_fp8(holder, spec, accel.fp8_layer_names(holder, spec))
+    if spec.attention:
+        use_quant_attention(holder, spec.attention)
     return holder.transformer_blocks[0]
 
 
@@ -323,6 +330,14 @@ def part_stock(bench: Bench) -> None:
     model = build(bench.args, bench.device)
     stock = stock_call(model, window(model, "next", bench.args, bench.device))
     bench.results["variants"]["stock eager"] = measure(bench, stock, bench.args.repeats + 2)
+
+
+def part_errors(bench: Bench) -> None:
+    """Per-block errors alone (what part bf16 also measures), for a run that skips the bf16 timings."""
+    release(bench.device)
+    model = build(bench.args, bench.device)
+    inputs = capture_block_inputs(model, stock_call(model, window(model, "next", bench.args, bench.device)))
+    eager_errors(bench, model, inputs, reference(error_block(model), inputs))
 
 
 def part_bf16(bench: Bench) -> None:
@@ -503,6 +518,16 @@ def warm_child(args: argparse.Namespace) -> None:
     print(json.dumps({"setup_s": setup, "first_step_s": first, "steady_s": steady, "warmup_s": warmup}))
 
 
+def use_kernel_configs(path: Path) -> None:
+    """Take bench/attention.py's fastest tiles per value format for the quantised attention kernel."""
+    from audioloop.models import quant_attention_kernel as qk
+
+    best = json.loads(path.read_text())["best_configs"]
+    dtypes = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
+    qk.CONFIGS.update({dtypes[values]: qk.KernelConfig(**config) for values, config in best.items()})
+    print("quant attention tiles:", qk.CONFIGS, flush=True)
+
+
 def main() -> None:
     """Parse arguments and run the parts asked for (or one warm-start child)."""
     parser = argparse.ArgumentParser()
@@ -525,6 +550,9 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds; later parts are skipped")
     parser.add_argument("--skip", default="", help="measurements to leave out, comma-separated names")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (tests this script)")
+    parser.add_argument(
+        "--kernel-configs", type=Path, default=None, help="attention.json: fastest tiles for quant attention"
+    )
     parser.add_argument("--warm-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.attentions = args.attentions.split(",")
@@ -533,12 +561,15 @@ def main() -> None:
     os.environ["AUDIOLOOP_CACHE_DIR"] = str(args.cache_dir)
     accel.use_compile_cache(accel.compile_cache_dir())
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.kernel_configs:
+        use_kernel_configs(args.kernel_configs)
     if args.warm_child:
         warm_child(args)
         return
     bench = Bench(args)
     parts = {
         "stock": part_stock,
+        "errors": part_errors,
         "bf16": part_bf16,
         "fp8": part_fp8,
         "offload": part_offload,

@@ -63,7 +63,8 @@ class Run:
         try:
             return fn()
         except Exception as exc:  # one broken measurement must not cost the others their device time
-            self.results["failures"][name] = f"{type(exc).__name__}: {exc}"[:2000]
+            why = f"{type(exc).__name__}: {exc}"
+            self.results["failures"][name] = why if len(why) < 3000 else f"{why[:1000]} … {why[-2000:]}"
             print(f"  FAILED {name}: {type(exc).__name__}: {str(exc)[:500]}", flush=True)
             return None
         finally:

@@ -26,6 +26,8 @@ from diffusers.models.transformers.transformer_ltx2 import (
 )
 from torch import Tensor
 
+from audioloop.models.attention import gate_and_project, heads
+
 
 @dataclass(frozen=True)
 class NagSettings:
@@ -132,19 +134,14 @@ class NagAttnProcessor:
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
             mask_pos, mask_neg = attention_mask.chunk(2, dim=-1)
 
-        query = attn.norm_q(attn.to_q(hidden_states)).unflatten(2, (attn.heads, -1))
-        key = attn.norm_k(attn.to_k(encoder_hidden_states)).unflatten(2, (attn.heads, -1))
-        value = attn.to_v(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        query = heads(attn, attn.norm_q(attn.to_q(hidden_states)))
+        key = heads(attn, attn.norm_k(attn.to_k(encoder_hidden_states)))
+        value = heads(attn, attn.to_v(encoder_hidden_states))
         key_pos, key_neg = key.chunk(2, dim=1)
         value_pos, value_neg = value.chunk(2, dim=1)
         z_pos = self._attend(query, key_pos, value_pos, mask_pos)
         z_neg = self._attend(query, key_neg, value_neg, mask_neg)
-        out = combine(z_pos, z_neg, self.settings)
-
-        if attn.to_gate_logits is not None:
-            gates = 2.0 * torch.sigmoid(attn.to_gate_logits(hidden_states))
-            out = (out.unflatten(2, (attn.heads, -1)) * gates.unsqueeze(-1)).flatten(2, 3)
-        return attn.to_out[1](attn.to_out[0](out))
+        return gate_and_project(attn, hidden_states, heads(attn, combine(z_pos, z_neg, self.settings)))
 
 
 Processors = dict[str, object]

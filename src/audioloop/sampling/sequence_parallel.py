@@ -42,11 +42,10 @@ from diffusers.models.transformers.transformer_ltx2 import (
     AudioVisualModelOutput,
     LTX2Attention,
     LTX2VideoTransformer3DModel,
-    apply_interleaved_rotary_emb,
-    apply_split_rotary_emb,
 )
 from torch import Tensor
 
+from audioloop.models.attention import gate_and_project, heads, rotate
 from audioloop.parallel import (
     TokenShard,
     gather_along,
@@ -70,25 +69,6 @@ class _Shards:
     world: int
     rank: int
     video: TokenShard | None = None
-
-
-def _rotate(attn: LTX2Attention, x: Tensor, freqs: tuple[Tensor, Tensor]) -> Tensor:
-    """x [B, T, H·D] rotated by RoPE in the layout the attention uses (split for 2.3, interleaved for 2.0)."""
-    rotate = apply_split_rotary_emb if attn.rope_type == "split" else apply_interleaved_rotary_emb
-    return rotate(x, freqs)
-
-
-def _heads(attn: LTX2Attention, x: Tensor) -> Tensor:
-    """[B, T, H·D] → [B, T, H, D]."""
-    return x.unflatten(2, (attn.heads, -1))
-
-
-def _gate_and_project(attn: LTX2Attention, out: Tensor, hidden_states: Tensor) -> Tensor:
-    """The 2.3 per-head gate (2·sigmoid of logits from the query tokens) on out [B, T, H, D], then to_out."""
-    if attn.to_gate_logits is not None:
-        gates = 2.0 * torch.sigmoid(attn.to_gate_logits(hidden_states))
-        out = out * gates.unsqueeze(-1)
-    return attn.to_out[1](attn.to_out[0](out.flatten(2, 3)))
 
 
 class _ShardedAttnProcessor:
@@ -129,13 +109,13 @@ class UlyssesSelfAttnProcessor(_ShardedAttnProcessor):
         """
         if encoder_hidden_states is not None or attention_mask is not None or key_rotary_emb is not None:
             raise ValueError("UlyssesSelfAttnProcessor serves unmasked video self-attention only")
-        query = _rotate(attn, attn.norm_q(attn.to_q(hidden_states)), query_rotary_emb)
-        key = _rotate(attn, attn.norm_k(attn.to_k(hidden_states)), query_rotary_emb)
+        query = rotate(attn, attn.norm_q(attn.to_q(hidden_states)), query_rotary_emb)
+        key = rotate(attn, attn.norm_k(attn.to_k(hidden_states)), query_rotary_emb)
         value = attn.to_v(hidden_states)
-        qkv = torch.stack([_heads(attn, query), _heads(attn, key), _heads(attn, value)], dim=3)
+        qkv = torch.stack([heads(attn, query), heads(attn, key), heads(attn, value)], dim=3)
         query, key, value = seq_to_heads(qkv, self.shards.group).unbind(3)
         out = self._attend(query, self._real(key), self._real(value))
-        return _gate_and_project(attn, heads_to_seq(out, self.shards.group), hidden_states)
+        return gate_and_project(attn, hidden_states, heads_to_seq(out, self.shards.group))
 
 
 class HeadShardedV2AProcessor(_ShardedAttnProcessor):
@@ -153,15 +133,15 @@ class HeadShardedV2AProcessor(_ShardedAttnProcessor):
         """Audio q on this rank's heads against every video token's k/v, gathered by one all-to-all."""
         if encoder_hidden_states is None or attention_mask is not None:
             raise ValueError("HeadShardedV2AProcessor serves unmasked video-to-audio cross-attention only")
-        query = _heads(attn, _rotate(attn, attn.norm_q(attn.to_q(hidden_states)), query_rotary_emb))
-        key = _rotate(attn, attn.norm_k(attn.to_k(encoder_hidden_states)), key_rotary_emb)
+        query = heads(attn, rotate(attn, attn.norm_q(attn.to_q(hidden_states)), query_rotary_emb))
+        key = rotate(attn, attn.norm_k(attn.to_k(encoder_hidden_states)), key_rotary_emb)
         value = attn.to_v(encoder_hidden_states)
-        kv = torch.stack([_heads(attn, key), _heads(attn, value)], dim=3)
+        kv = torch.stack([heads(attn, key), heads(attn, value)], dim=3)
         key, value = self._real(seq_to_heads(kv, self.shards.group)).unbind(3)
         local = attn.heads // self.shards.world
         own = query.narrow(2, self.shards.rank * local, local)
         out = gather_along(self._attend(own, key, value), dim=2, group=self.shards.group)
-        return _gate_and_project(attn, out, hidden_states)
+        return gate_and_project(attn, hidden_states, out)
 
 
 def _bind(module: LTX2VideoTransformer3DModel, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict:
