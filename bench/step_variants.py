@@ -38,7 +38,6 @@ from torch import Tensor, nn
 
 import fullsize
 from audioloop.models import accel
-from audioloop.models.attention import use_quant_attention
 from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
@@ -172,8 +171,6 @@ def fp8_model(bench: Bench, recipe: str) -> nn.Module:
     model = build(bench.args, bench.device)
     spec = accel.FP8_RECIPES[recipe]
     accel.quantize_fp8(model, spec, accel.fp8_layer_names(model, spec))
-    if spec.attention:
-        use_quant_attention(model, spec.attention)
     return model
 
 
@@ -243,14 +240,11 @@ def rel_error(block: nn.Module, inputs: dict, ref: tuple[Tensor, Tensor]) -> dic
 
 
 def fp8_block(block: nn.Module, recipe: str) -> nn.Module:
-    """A copy of the block with the recipe's linears (and attention) in FP8 (the recipe's bf16_blocks do not
-    apply)."""
+    """A copy of the block with the recipe's linears in FP8 (the recipe's bf16_blocks do not apply)."""
     spec = dataclasses.replace(accel.FP8_RECIPES[recipe], bf16_blocks=())
     holder = nn.Module()
     holder.transformer_blocks = nn.ModuleList([copy.deepcopy(block)])
     accel.quantize_fp8(holder, spec, accel.fp8_layer_names(holder, spec))
-    if spec.attention:
-        use_quant_attention(holder, spec.attention)
     return holder.transformer_blocks[0]
 
 
@@ -518,16 +512,6 @@ def warm_child(args: argparse.Namespace) -> None:
     print(json.dumps({"setup_s": setup, "first_step_s": first, "steady_s": steady, "warmup_s": warmup}))
 
 
-def use_kernel_configs(path: Path) -> None:
-    """Take bench/attention.py's fastest tiles per value format for the quantised attention kernel."""
-    from audioloop.models import quant_attention_kernel as qk
-
-    best = json.loads(path.read_text())["best_configs"]
-    dtypes = {"fp8": torch.float8_e4m3fn, "bf16": torch.bfloat16}
-    qk.CONFIGS.update({dtypes[values]: qk.KernelConfig(**config) for values, config in best.items()})
-    print("quant attention tiles:", qk.CONFIGS, flush=True)
-
-
 def main() -> None:
     """Parse arguments and run the parts asked for (or one warm-start child)."""
     parser = argparse.ArgumentParser()
@@ -550,9 +534,6 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds; later parts are skipped")
     parser.add_argument("--skip", default="", help="measurements to leave out, comma-separated names")
     parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (tests this script)")
-    parser.add_argument(
-        "--kernel-configs", type=Path, default=None, help="attention.json: fastest tiles for quant attention"
-    )
     parser.add_argument("--warm-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.attentions = args.attentions.split(",")
@@ -561,8 +542,6 @@ def main() -> None:
     os.environ["AUDIOLOOP_CACHE_DIR"] = str(args.cache_dir)
     accel.use_compile_cache(accel.compile_cache_dir())
     torch.backends.cuda.matmul.allow_tf32 = True
-    if args.kernel_configs:
-        use_kernel_configs(args.kernel_configs)
     if args.warm_child:
         warm_child(args)
         return

@@ -33,7 +33,6 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor, nn
 
-from audioloop.models.attention import use_quant_attention
 from audioloop.workdir import cache_dir
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
@@ -64,15 +63,12 @@ VIDEO_LINEARS = (
 @dataclass(frozen=True)
 class Fp8Recipe:
     """Which block linears run in FP8 (names relative to a block, fnmatch patterns), which blocks stay bf16
-    whole (negative indices count from the end), row-wise or tensor-wise scales, Hopper fast accumulation;
-    the video self-attention's P·V format on 8-bit Q·Kᵀ (`quant_attention`: "fp8", "bf16"), or None for
-    bf16 SDPA."""
+    whole (negative indices count from the end), row-wise or tensor-wise scales, Hopper fast accumulation."""
 
     layers: tuple[str, ...] = VIDEO_LINEARS
     bf16_blocks: tuple[int, ...] = ()
     rowwise: bool = True
     fast_accum: bool = True
-    attention: str | None = None
 
 
 # Measured at 832×480×497 on an H100 (bench/RESULTS.md): step vs stock bf16, peak GPU, per-block error
@@ -87,8 +83,6 @@ FP8_RECIPES: dict[str, Fp8Recipe] = {
         layers=tuple(n for n in VIDEO_LINEARS if not n.endswith("to_out.0"))
     ),  # 0.63×, 2.8%
     "ff": Fp8Recipe(layers=("ff.net.0.proj", "ff.net.2")),  # 0.68×, 33.9 GiB, 1.8% / 0.4%
-    "all-qk8": Fp8Recipe(layers=("*",), attention="bf16"),
-    "all-attn8": Fp8Recipe(layers=("*",), attention="fp8"),
 }
 DEFAULT_FP8 = "all"
 
@@ -354,8 +348,6 @@ def accelerate(
             streamer.adopt(block)
     if streamer:
         streamer.start()
-    if recipe and recipe.attention:
-        use_quant_attention(transformer, recipe.attention)
     transformer.to(device)
     if settings.attention != "sdpa":  # diffusers' default already: setting it only prints a warning
         set_attention(transformer, settings.attention)
