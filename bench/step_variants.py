@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 import fullsize
 from audioloop.models import accel
+from audioloop.models.modulation import use_two_level_modulation
 from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
@@ -161,7 +162,8 @@ def release(device: torch.device) -> None:
 
 
 def compile_variant(bench: Bench, model: nn.Module, attention: str) -> None:
-    """What `accel.accelerate` does for compile, with the benchmark's compile backend."""
+    """What `accel.accelerate` does for memory and compile, with the benchmark's compile backend."""
+    use_two_level_modulation(model)
     accel.set_attention(model, attention)
     accel.compile_blocks(model, backend=bench.args.compile_backend)
 

@@ -14,8 +14,7 @@ from torch import nn
 
 from audioloop.models import accel
 from audioloop.models.tiny import tiny_transformer
-from audioloop.sampling.layout import first_window, next_window
-from audioloop.sampling.window import SamplerSettings, sample_window
+from tiny_inputs import sample, window_inputs
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA streams, pinned memory and FP8 matmuls need a GPU")
@@ -26,44 +25,8 @@ def model() -> nn.Module:
     return tiny_transformer()
 
 
-def _windows(seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32) -> list[dict]:
-    """Window-0 and window-i inputs of the tiny model (different token counts: the two compiled layouts)."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen).to(device)
-
-    image = rand(1, 8, 1, 2, 3)
-    layouts = [first_window(image, 4, 25.0), next_window(rand(1, 8, 2, 2, 3), image, 4, 25.0)]
-    shared = {
-        name: rand(*shape).to(dtype)
-        for name, shape in (
-            ("audio", (1, 17, 16)),
-            ("tv", (1, 6, 16)),
-            ("ta", (1, 6, 8)),
-            ("nv", (1, 6, 16)),
-            ("na", (1, 6, 8)),
-        )
-    }
-    return [{"layout": layout, **shared} for layout in layouts]
-
-
 def _aligned(linear: nn.Linear) -> bool:
     return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
-
-
-def _sample(model: nn.Module, x: dict, sigmas: tuple[float, ...] = (1.0, 0.5, 0.0)) -> torch.Tensor:
-    return sample_window(
-        model,
-        x["layout"],
-        x["audio"],
-        x["tv"],
-        x["ta"],
-        x["nv"],
-        x["na"],
-        seed=0,
-        settings=SamplerSettings(sigmas=sigmas),
-    )
 
 
 def test_settings_refuse_unknown_names_and_list_the_valid_ones() -> None:
@@ -144,8 +107,8 @@ def test_quantize_fp8_swaps_only_the_named_linears_and_the_model_still_runs(mode
     accel.quantize_fp8(quantised, accel.FP8_RECIPES["video"], names)
     swapped = {name for name, module in quantised.named_modules() if isinstance(module, accel.Fp8Linear)}
     assert swapped == set(names)
-    x = _windows(dtype=torch.bfloat16)[1]
-    out, ref = _sample(quantised, x), _sample(copy.deepcopy(model).to(torch.bfloat16), x)
+    x = window_inputs(dtype=torch.bfloat16)[1]
+    out, ref = sample(quantised, x), sample(copy.deepcopy(model).to(torch.bfloat16), x)
     assert torch.isfinite(out).all()
     assert (out.float() - ref.float()).norm() / ref.float().norm() < 0.25
 
@@ -155,23 +118,23 @@ def test_compiled_blocks_build_one_graph_per_window_layout_and_never_recompile(m
     accel.compile_blocks(compiled, backend="eager")
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters["stats"]
-    windows = _windows()
+    windows = window_inputs()
     before = counters["unique_graphs"]
-    first = [_sample(compiled, x) for x in windows]
+    first = [sample(compiled, x) for x in windows]
     assert counters["unique_graphs"] - before == 2  # window 0 and window i; both blocks share each graph
     for _ in range(2):  # more windows, NAG installed and removed around each: no recompiles
-        again = [_sample(compiled, x) for x in windows]
+        again = [sample(compiled, x) for x in windows]
     assert counters["unique_graphs"] - before == 2
     for got, want, x in zip(again, first, windows, strict=True):
         torch.testing.assert_close(got, want)
-        torch.testing.assert_close(got, _sample(model, x))
+        torch.testing.assert_close(got, sample(model, x))
 
 
 def test_accelerate_without_compile_leaves_the_numbers_alone(model) -> None:
     fast = copy.deepcopy(model)
     assert accel.accelerate(fast, accel.AccelSettings(compile=False, attention="sdpa"), "cpu") is None
-    x = _windows()[1]
-    torch.testing.assert_close(_sample(fast, x), _sample(model, x))
+    x = window_inputs()[1]
+    torch.testing.assert_close(sample(fast, x), sample(model, x))
 
 
 def test_block_packing_is_aligned_and_disjoint() -> None:
@@ -191,10 +154,10 @@ def test_streamed_blocks_compute_exactly_what_resident_blocks_do() -> None:
         streamed, accel.AccelSettings(compile=False, attention="sdpa", offload=True), "cuda"
     )
     assert streamer is not None and len(streamer.host) == 2 and all(h.is_pinned() for h in streamer.host)
-    windows = _windows(device="cuda", dtype=torch.bfloat16)
+    windows = window_inputs(device="cuda", dtype=torch.bfloat16)
     for _ in range(2):  # the second pass uses the blocks prefetched at the end of the first
         for x in windows:
-            torch.testing.assert_close(_sample(streamed, x), _sample(resident, x), rtol=0, atol=0)
+            torch.testing.assert_close(sample(streamed, x), sample(resident, x), rtol=0, atol=0)
 
 
 @needs_cuda
@@ -202,16 +165,16 @@ def test_streaming_recovers_from_an_interrupted_forward() -> None:
     resident = tiny_transformer().to("cuda", torch.bfloat16)
     streamed = tiny_transformer().to(torch.bfloat16)
     accel.accelerate(streamed, accel.AccelSettings(compile=False, attention="sdpa", offload=True), "cuda")
-    x = _windows(device="cuda", dtype=torch.bfloat16)[1]
+    x = window_inputs(device="cuda", dtype=torch.bfloat16)[1]
 
     def stop(*_: object) -> None:
         raise KeyboardInterrupt
 
     handle = streamed.transformer_blocks[0].register_forward_hook(stop)
     with pytest.raises(KeyboardInterrupt):
-        _sample(streamed, x)
+        sample(streamed, x)
     handle.remove()
-    torch.testing.assert_close(_sample(streamed, x), _sample(resident, x), rtol=0, atol=0)
+    torch.testing.assert_close(sample(streamed, x), sample(resident, x), rtol=0, atol=0)
 
 
 @needs_cuda
@@ -239,6 +202,12 @@ def test_accelerate_fp8_offload_compiled_runs_both_layouts(tmp_path, monkeypatch
     settings = dataclasses.replace(accel.AccelSettings(fp8="video", offload=True), attention="sdpa")
     accel.accelerate(fast, settings, "cuda")
     assert (tmp_path / "inductor").is_dir()
-    for x in _windows(device="cuda", dtype=torch.bfloat16):
-        out, ref = _sample(fast, x).float(), _sample(reference, x).float()
+    for x in window_inputs(device="cuda", dtype=torch.bfloat16):
+        out, ref = sample(fast, x).float(), sample(reference, x).float()
         assert (out - ref).norm() / ref.norm() < 0.25
+
+
+def test_accelerate_installs_the_two_level_modulation(model) -> None:
+    fast = copy.deepcopy(model)
+    accel.accelerate(fast, accel.AccelSettings(compile=False), "cpu")
+    assert type(fast.time_embed).__name__ == "TwoLevelTimestepEmbed"
