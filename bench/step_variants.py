@@ -313,6 +313,7 @@ def profile(bench: Bench, name: str, fn: Callable[[], object]) -> dict:
         kind = kind_of(event.key)
         kinds[kind] = kinds.get(kind, 0.0) + event.device_time_total / 1e6
     table = prof.key_averages().table(sort_by="device_time_total", row_limit=30, max_name_column_width=90)
+    bench.args.out.mkdir(parents=True, exist_ok=True)  # a run's first measurement may be this one
     (bench.args.out / f"profile_{name}.txt").write_text(table)
     return {"seconds_by_kind": kinds, "total_s": sum(kinds.values())}
 
