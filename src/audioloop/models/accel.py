@@ -18,8 +18,9 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
 - Memory, every mode: the video adaLN modulation from each sample's two timestep levels instead of one
   row per token (`models/modulation.py`): a 1.9 GiB lower peak at 832×480, 4.3 GiB at 1280×704.
 
-Measured on an H100 at 832×480×497 (bench/RESULTS.md): compiled bf16 0.75× the stock step, FP8 "all" 0.61×
-at 22.6 GiB, offload 1.00× its resident mode at 6–7 GiB, a second process warms up in 8 s (bf16) / 12 s (FP8).
+Measured on an H100 at 832×480×497 (bench/RESULTS.md): compiled bf16 0.75× the stock step, FP8 "all" 0.61×,
+offload 1.00× its resident mode, a second process warms up in 8 s (bf16) / 12 s (FP8); peaks on an H200 with
+the two-level modulation: bf16 38.0 GiB, FP8 20.7 GiB, offload 4.8 GiB (8.0 GiB at 1280×704).
 """
 
 from __future__ import annotations
