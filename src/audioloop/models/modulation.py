@@ -25,23 +25,23 @@ from torch import Tensor, nn
 
 @dataclass
 class TokenLevels:
-    """Shared by the embedding and the blocks: per sample and token, 1 at the top timestep, else 0 [B, N]."""
+    """Shared by the embedding and the blocks: per sample and token, True at the top timestep [B, N]."""
 
     top: Tensor | None = None
 
 
 def two_levels(timestep: Tensor) -> tuple[Tensor, Tensor]:
-    """timestep [B, N] → its (lowest, highest) value per sample [B, 2] and top [B, N]: 1 where a token is
-    at the highest. A third value is refused (asynchronously on a GPU: no host sync in the step)."""
+    """timestep [B, N] → its (lowest, highest) value per sample [B, 2] and top [B, N]: True where a token
+    is at the highest. A third value is refused (asynchronously on a GPU: no host sync in the step)."""
     levels = torch.stack([timestep.amin(dim=1), timestep.amax(dim=1)], dim=1)
     top = timestep == levels[:, 1:]
     torch._assert_async((top | (timestep == levels[:, :1])).all(), "timesteps take more than two values")
-    return levels, top.to(torch.int8)
+    return levels, top
 
 
 def select_levels(values: Tensor, top: Tensor) -> Tensor:
     """values [B, 2, ...] per level → [B, N, ...] per token (row 1 where top, else row 0)."""
-    pick = top.reshape(*top.shape, *([1] * (values.ndim - 2))) != 0
+    pick = top.reshape(*top.shape, *([1] * (values.ndim - 2)))
     return torch.where(pick, values[:, 1:2], values[:, 0:1])
 
 
@@ -73,12 +73,12 @@ class TwoLevelTimestepEmbed(nn.Module):
 def _block_mod_params(
     block: nn.Module, levels: TokenLevels, table: Tensor, temb: Tensor, batch_size: int
 ) -> tuple[Tensor, ...]:
-    """diffusers' `get_mod_params`, with the video self-modulation (the block's `scale_shift_table`)
+    """diffusers' own `get_mod_params`, with the video self-modulation (the block's `scale_shift_table`)
     selected per token from its two rows."""
-    values = table[None, None].to(temb.device) + temb.reshape(batch_size, temb.shape[1], table.shape[0], -1)
+    params = type(block).get_mod_params(table, temb, batch_size)
     if table is block.scale_shift_table:
-        values = select_levels(values, levels.top)
-    return values.unbind(dim=2)
+        params = tuple(select_levels(p, levels.top) for p in params)
+    return params
 
 
 def use_two_level_modulation(transformer: LTX2VideoTransformer3DModel) -> None:
