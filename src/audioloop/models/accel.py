@@ -16,11 +16,14 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
 - Offload: the blocks' weights sit in pinned host memory and stream into two device slots on a side stream,
   one block ahead of the compute; only the non-block layers stay resident.
 - Memory, every mode: the video adaLN modulation from each sample's two timestep levels instead of one
-  row per token (`models/modulation.py`): a 1.9 GiB lower peak at 832×480, 4.3 GiB at 1280×704.
+  row per token (`models/modulation.py`): a 1.9 GiB lower peak at 832×480, 4.3 GiB at 1280×704; RoPE
+  without fp32 copies of q and k and with compact tables (`models/attention.py`, `models/rope.py`):
+  0.8 GiB lower at 832×480, 1.7 GiB at 1280×704.
 
 Measured on an H100 at 832×480×497 (bench/RESULTS.md): compiled bf16 0.75× the stock step, FP8 "all" 0.61×,
 offload 1.00× its resident mode, a second process warms up in 8 s (bf16) / 12 s (FP8); peaks on an H200 with
-the two-level modulation: bf16 38.0 GiB, FP8 20.7 GiB, offload 4.8 GiB (8.0 GiB at 1280×704).
+both: bf16 37.2 GiB (39.35 GiB at 1280×704), FP8 20.1 GiB (22.5 GiB); offload 4.8 GiB (8.0 GiB at
+1280×704) before the RoPE change.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor, nn
 
+from audioloop.models.attention import use_rotary_attention
 from audioloop.models.modulation import use_two_level_modulation
 from audioloop.workdir import cache_dir
 
@@ -340,6 +344,7 @@ def accelerate(
     device = torch.device(device)
     check_device(settings, device)
     use_two_level_modulation(transformer)
+    use_rotary_attention(transformer)
     recipe = FP8_RECIPES[settings.fp8] if settings.fp8 else None
     names = fp8_layer_names(transformer, recipe) if recipe else []
     blocks = transformer.transformer_blocks

@@ -46,6 +46,7 @@ from diffusers.models.transformers.transformer_ltx2 import (
 from torch import Tensor
 
 from audioloop.models.attention import gate_and_project, heads, rotate
+from audioloop.models.rope import same_tensor
 from audioloop.parallel import (
     TokenShard,
     gather_along,
@@ -170,6 +171,7 @@ class _ShardHook(ModelHook):
         super().__init__()
         self.shards = shards
         self.return_dict = True
+        self._coords: tuple[Tensor, Tensor] | None = None
 
     def pre_forward(
         self, module: LTX2VideoTransformer3DModel, *args: Any, **kwargs: Any
@@ -180,12 +182,19 @@ class _ShardHook(ModelHook):
         video = TokenShard(call["hidden_states"].shape[1], self.shards.world, self.shards.rank)
         self.shards.video = video
         call["hidden_states"] = shard_tokens(call["hidden_states"], video, dim=1)
-        call["video_coords"] = shard_tokens(call["video_coords"], video, dim=2)
+        call["video_coords"] = self._local_coords(call["video_coords"], video)
         if call["timestep"].ndim == 2:
             call["timestep"] = shard_tokens(call["timestep"], video, dim=1)
         self.return_dict = call.get("return_dict", True)
         call["return_dict"] = False
         return (), call
+
+    def _local_coords(self, coords: Tensor, video: TokenShard) -> Tensor:
+        """This rank's shard of the coordinates, one tensor for as long as the caller passes one: the
+        compact RoPE (`models/rope.py`) then keeps its tables across steps instead of rebuilding them."""
+        if self._coords is None or not same_tensor(self._coords[0], coords):
+            self._coords = (coords, shard_tokens(coords, video, dim=2))
+        return self._coords[1]
 
     def post_forward(self, module: LTX2VideoTransformer3DModel, output: tuple[Tensor, Tensor]) -> Any:
         """The full video velocity on every rank (gathered, pad trimmed); the audio output is whole."""
