@@ -10,6 +10,8 @@ script), the sampler's exact inputs for a window ≥ 1 (context + appended guide
 - fp8: each FP8 recipe (rebuilt from the same seed), compiled, with its per-block error.
 - offload: compiled bf16 and FP8, resident, then streamed from pinned host memory under a memory cap.
 - warm: a second process compiles from the persistent cache (both layouts); its warm-up is timed.
+- memory: compiled bf16 with each RoPE variant (`ROTARY`), one step under the allocator's history: the
+  tensors live at its peak, by origin.
 
 Per-block error: one block's output against the same block in fp32 (bf16 weights upcast, TF32 off), on the
 inputs that block 0 receives, ‖out − ref‖ / ‖ref‖ for the video and the audio stream. Everything lands in
@@ -25,6 +27,7 @@ import copy
 import dataclasses
 import gc
 import json
+import linecache
 import os
 import statistics
 import subprocess
@@ -38,6 +41,7 @@ from torch import Tensor, nn
 
 import fullsize
 from audioloop.models import accel
+from audioloop.models.attention import use_rotary_attention
 from audioloop.models.modulation import use_two_level_modulation
 from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
@@ -161,9 +165,17 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def compile_variant(bench: Bench, model: nn.Module, attention: str) -> None:
-    """What `accel.accelerate` does for memory and compile, with the benchmark's compile backend."""
+ROTARY = ("stock", "full", "compact")  # diffusers' RoPE; RotaryAttnProcessor with full or compact tables
+
+
+def compile_variant(bench: Bench, model: nn.Module, attention: str, rotary: str = ROTARY[-1]) -> None:
+    """What `accel.accelerate` does for memory and compile, with the benchmark's compile backend; `rotary`
+    takes the RoPE back to diffusers' processors or tables, to measure what each part saves."""
     use_two_level_modulation(model)
+    if rotary != "stock":
+        use_rotary_attention(model)
+    if rotary == "full":
+        model.rope, model.cross_attn_rope = model.rope.inner, model.cross_attn_rope.inner
     accel.set_attention(model, attention)
     accel.compile_blocks(model, backend=bench.args.compile_backend)
 
@@ -318,6 +330,64 @@ def profile(bench: Bench, name: str, fn: Callable[[], object]) -> dict:
     return {"seconds_by_kind": kinds, "total_s": sum(kinds.values())}
 
 
+def peak_allocations(trace: list[dict]) -> tuple[int, dict[int, dict]]:
+    """Replay an allocator trace: the highest net growth over its start and the allocations live then."""
+    live: dict[int, dict] = {}
+    total = best = 0
+    at_best: dict[int, dict] = {}
+    for event in trace:
+        if event["action"] == "alloc":
+            live[event["addr"]] = event
+            total += event["size"]
+            if total > best:
+                best, at_best = total, dict(live)
+        elif event["action"] == "free_completed":
+            live.pop(event["addr"], None)
+            total -= event["size"]
+    return best, at_best
+
+
+def where(frames: list[dict]) -> str:
+    """The innermost frame in generated, diffusers or audioloop code, with its source line."""
+    keys = ("torchinductor", "diffusers", "audioloop", "bench")
+    frame = next((f for f in frames if any(k in f["filename"] for k in keys)), frames[0] if frames else None)
+    if frame is None:
+        return "?"
+    source = linecache.getline(frame["filename"], frame["line"]).strip()
+    return f"{Path(frame['filename']).name}:{frame['line']} {frame['name']}: {source[:120]}"
+
+
+def memory_at_peak(bench: Bench, fn: Callable[[], object], name: str) -> dict:
+    """One call under the allocator's history: the live tensors at its peak, largest first, by origin."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.memory._record_memory_history(stacks="python", max_entries=2_000_000)
+    try:
+        fn()
+        torch.cuda.synchronize()
+        trace = torch.cuda.memory._snapshot()["device_traces"][0]
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    growth, live = peak_allocations(trace)
+    rows = sorted(live.values(), key=lambda e: -e["size"])
+    by_origin: dict[str, float] = {}
+    for event in rows:
+        origin = where(event["frames"])
+        by_origin[origin] = by_origin.get(origin, 0.0) + event["size"] / GiB
+    lines = [f"{e['size'] / 2**20:10.1f} MiB  {where(e['frames'])}" for e in rows[:60]]
+    bench.args.out.mkdir(parents=True, exist_ok=True)
+    (bench.args.out / f"memory_at_peak_{name}.txt").write_text("\n".join(lines) + "\n")
+    return {
+        "before_gib": base / GiB,
+        "peak_gib": torch.cuda.max_memory_allocated() / GiB,
+        "trace_peak_gib": (base + growth) / GiB,
+        "events": len(trace),
+        "live_at_peak": len(rows),
+        "by_origin_gib": dict(sorted(by_origin.items(), key=lambda kv: -kv[1])[:40]),
+    }
+
+
 # --- parts --------------------------------------------------------------------------------------------------
 
 
@@ -365,7 +435,8 @@ def part_bf16(bench: Bench) -> None:
             uncompile(model)
             compile_variant(bench, model, attention)
             record = measure(bench, stock, args.repeats)
-            bench.results["errors"][f"bf16 compiled {attention}"] = rel_error(error_block(model), inputs, ref)
+            own = capture_block_inputs(model, stock)  # the variant's own (two-level, compact RoPE)
+            bench.results["errors"][f"bf16 compiled {attention}"] = rel_error(error_block(model), own, ref)
             return record
 
         variants[f"compiled {attention}"] = bench.attempt(f"compiled {attention}", run, need=60)
@@ -463,6 +534,32 @@ def part_offload(bench: Bench) -> None:
         )
 
 
+def part_memory(bench: Bench) -> None:
+    """Compiled bf16 with each RoPE variant asked for: what is resident before a step (weights, inputs),
+    the step's time and per-block error, and what is live at its peak."""
+    args, dev, res = bench.args, bench.device, bench.results
+    res["memory"] = {}
+    for rotary in args.rotary:
+
+        def run(rotary: str = rotary) -> dict:
+            model = build(args, dev)
+            stock = stock_call(model, window(model, "next", args, dev))
+            ref = reference(error_block(model), capture_block_inputs(model, stock))
+            ref = tuple(r.cpu() for r in ref)  # off the device while its memory is measured
+            compile_variant(bench, model, res.get("best_attention") or args.attention, rotary)
+            record = measure(bench, stock, args.repeats)
+            weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+            record["weights_gib"] = weights / GiB
+            if dev.type == "cuda":
+                record.update(memory_at_peak(bench, stock, rotary))
+            own = capture_block_inputs(model, stock)
+            record["error"] = rel_error(error_block(model), own, tuple(r.to(dev) for r in ref))
+            return record
+
+        release(dev)
+        res["memory"][f"rope {rotary}"] = bench.attempt(f"memory rope {rotary}", run, need=90)
+
+
 def part_warm(bench: Bench) -> None:
     """Per mode, two fresh processes on one fresh cache dir: the first compiles (cold), the second loads."""
     args = bench.args
@@ -531,6 +628,7 @@ def main() -> None:
         "--attention", default="sdpa", help="kernel for fp8/offload/warm when bf16 did not run"
     )
     parser.add_argument("--recipes", default="video,video-tensorwise,video-edges")
+    parser.add_argument("--rotary", default=",".join(ROTARY), help="RoPE variants of part memory")
     parser.add_argument("--offload-cap-gib", type=float, default=12.0)
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/audioloop-bench-cache"))
@@ -541,6 +639,7 @@ def main() -> None:
     args = parser.parse_args()
     args.attentions = args.attentions.split(",")
     args.recipes = args.recipes.split(",")
+    args.rotary = args.rotary.split(",")
     args.skip = set(filter(None, args.skip.split(",")))
     os.environ["AUDIOLOOP_CACHE_DIR"] = str(args.cache_dir)
     accel.use_compile_cache(accel.compile_cache_dir())
@@ -556,6 +655,7 @@ def main() -> None:
         "fp8": part_fp8,
         "offload": part_offload,
         "warm": part_warm,
+        "memory": part_memory,
     }
     for name in args.parts.split(","):
         bench.attempt(f"part {name}", lambda n=name: parts[n](bench))
@@ -583,6 +683,13 @@ def print_table(res: dict) -> None:
     for name, err in res["errors"].items():
         if err:
             print(f"error {name:40s} video {100 * err['video']:6.2f}%  audio {100 * err['audio']:6.2f}%")
+    for name, memory in res.get("memory", {}).items():
+        if memory:
+            print(
+                name, {k: v for k, v in memory.items() if k not in ("by_origin_gib", "step")}, memory["step"]
+            )
+            for origin, gib in list(memory.get("by_origin_gib", {}).items())[:15]:
+                print(f"  {gib:6.2f} GiB  {origin}")
     for name, why in res["failures"].items():
         print(f"FAILED {name}: {why[:300]}")
 
