@@ -29,8 +29,8 @@ def split_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     expression with no in-place update, which inductor compiles to one pass that writes x's dtype."""
     b, h, t, r = cos.shape
     halves = x.reshape(b, t, h, 2, r).float()
+    sign = torch.arange(-1.0, 2.0, 2.0, device=x.device).view(2, 1)  # [−1, 1], made on the device: no copy
     cos, sin = cos.transpose(1, 2).unsqueeze(3), sin.transpose(1, 2).unsqueeze(3)
-    sign = torch.tensor([-1.0, 1.0], device=x.device).view(2, 1)
     return (halves * cos + halves.flip(3) * (sign * sin)).reshape(x.shape).to(x.dtype)
 
 
