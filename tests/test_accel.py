@@ -211,3 +211,12 @@ def test_accelerate_installs_the_two_level_modulation(model) -> None:
     fast = copy.deepcopy(model)
     accel.accelerate(fast, accel.AccelSettings(compile=False), "cpu")
     assert type(fast.time_embed).__name__ == "TwoLevelTimestepEmbed"
+
+
+def test_choosing_the_transformers_attention_leaves_every_other_model_on_its_own(model) -> None:
+    chosen = copy.deepcopy(model)
+    accel.set_attention(chosen, "cudnn")  # a CUDA-only kernel: another model on the CPU must not inherit it
+    assert chosen.transformer_blocks[0].attn1.processor._attention_backend == accel.ATTENTION["cudnn"]
+    other = copy.deepcopy(model)
+    x = window_inputs()[1]
+    torch.testing.assert_close(sample(other, x), sample(model, x))

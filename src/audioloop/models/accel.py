@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from diffusers import LTX2VideoTransformer3DModel
+from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 from torch import Tensor, nn
 
 from audioloop.models.attention import use_rotary_attention
@@ -144,8 +145,12 @@ def compile_blocks(transformer: LTX2VideoTransformer3DModel, backend: str = "ind
 
 
 def set_attention(transformer: LTX2VideoTransformer3DModel, name: str) -> None:
-    """Route every attention of the transformer (NAG's included, which copies it) to one kernel."""
+    """Route every attention of the transformer (NAG's included, which copies it) to one kernel, and only
+    the transformer's: diffusers' `set_attention_backend` also makes its kernel the process-wide default of
+    every processor without one of its own (the text connectors, any other model), which is put back."""
+    active, _ = _AttentionBackendRegistry.get_active_backend()
     transformer.set_attention_backend(ATTENTION[name])
+    _AttentionBackendRegistry.set_active_backend(active)
 
 
 def fp8_layer_names(transformer: LTX2VideoTransformer3DModel, recipe: Fp8Recipe) -> list[str]:
