@@ -8,7 +8,7 @@ from diffusers.models.transformers.transformer_ltx2 import LTX2PerturbedAttnProc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import audioloop.sampling.nag as nag_module
+import audioloop.models.attention as attention_module
 from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import next_window
 from audioloop.sampling.nag import (
@@ -123,13 +123,13 @@ def test_a_text_mask_is_split_with_the_text(model) -> None:
 
 def test_nag_costs_one_extra_attention_over_the_text_keys_and_no_extra_pass(model, monkeypatch) -> None:
     key_lengths: list[int] = []
-    original = nag_module.dispatch_attention_fn
+    original = attention_module.dispatch_attention_fn  # NAG attends through models/attention.attend
 
     def counting(query, key, value, **kwargs):
         key_lengths.append(key.shape[1])
         return original(query, key, value, **kwargs)
 
-    monkeypatch.setattr(nag_module, "dispatch_attention_fn", counting)
+    monkeypatch.setattr(attention_module, "dispatch_attention_fn", counting)
     calls: list[int] = []
     handle = model.register_forward_pre_hook(lambda *_: calls.append(1))
     try:

@@ -43,6 +43,33 @@ def rotate(attn: LTX2Attention, x: Tensor, freqs: tuple[Tensor, Tensor] | RopeIn
     return split_rotary(x, cos, sin)
 
 
+def attend(
+    processor: object, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None
+) -> Tensor:
+    """Attention on [B, T, H, D] through diffusers' dispatch, with the kernel and parallel config chosen for
+    `processor`; the result in the query's dtype."""
+    out = dispatch_attention_fn(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=0.0,
+        is_causal=False,
+        backend=processor._attention_backend,
+        parallel_config=processor._parallel_config,
+    )
+    return out.to(query.dtype)
+
+
+def swap_processor(module: LTX2Attention, processor: object) -> None:
+    """Swap a processor in, keeping the attention backend and parallel config chosen for the old one (where
+    the new one has such a setting)."""
+    for attr in ("_attention_backend", "_parallel_config"):
+        if hasattr(processor, attr):
+            setattr(processor, attr, getattr(module.processor, attr, None))
+    module.set_processor(processor)
+
+
 def heads(attn: LTX2Attention, x: Tensor) -> Tensor:
     """[B, T, H·D] → [B, T, H, D]."""
     return x.unflatten(2, (attn.heads, -1))
@@ -88,17 +115,8 @@ class RotaryAttnProcessor:
         if query_rotary_emb is not None:
             query = rotate(attn, query, query_rotary_emb)
             key = rotate(attn, key, query_rotary_emb if key_rotary_emb is None else key_rotary_emb)
-        out = dispatch_attention_fn(
-            heads(attn, query),
-            heads(attn, key),
-            heads(attn, value),
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        return gate_and_project(attn, hidden_states, out.to(query.dtype))
+        out = attend(self, heads(attn, query), heads(attn, key), heads(attn, value), attention_mask)
+        return gate_and_project(attn, hidden_states, out)
 
 
 def use_rotary_attention(transformer: LTX2VideoTransformer3DModel) -> None:
@@ -108,9 +126,7 @@ def use_rotary_attention(transformer: LTX2VideoTransformer3DModel) -> None:
         for name in ROTARY_ATTENTIONS:
             module = getattr(block, name)
             if not isinstance(module.processor, RotaryAttnProcessor):
-                processor = RotaryAttnProcessor()
-                processor._attention_backend = getattr(module.processor, "_attention_backend", None)
-                module.set_processor(processor)
+                swap_processor(module, RotaryAttnProcessor())
     for name in ("rope", "cross_attn_rope"):
         rope = getattr(transformer, name)
         if not isinstance(rope, CompactRope) and rope.rope_type == "split":

@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx2 import (
     LTX2Attention,
     LTX2AudioVideoAttnProcessor,
@@ -26,7 +25,7 @@ from diffusers.models.transformers.transformer_ltx2 import (
 )
 from torch import Tensor
 
-from audioloop.models.attention import gate_and_project, heads
+from audioloop.models.attention import attend, gate_and_project, heads, swap_processor
 
 
 @dataclass(frozen=True)
@@ -101,20 +100,6 @@ class NagAttnProcessor:
         """Keep the NAG settings; the processor holds no tensors."""
         self.settings = settings
 
-    def _attend(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> Tensor:
-        """Plain attention [B, T, H, D] → [B, T, H·D] through diffusers' backend dispatch."""
-        out = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        return out.flatten(2, 3).to(query.dtype)
-
     def __call__(
         self,
         attn: LTX2Attention,
@@ -139,8 +124,8 @@ class NagAttnProcessor:
         value = heads(attn, attn.to_v(encoder_hidden_states))
         key_pos, key_neg = key.chunk(2, dim=1)
         value_pos, value_neg = value.chunk(2, dim=1)
-        z_pos = self._attend(query, key_pos, value_pos, mask_pos)
-        z_neg = self._attend(query, key_neg, value_neg, mask_neg)
+        z_pos = attend(self, query, key_pos, value_pos, mask_pos).flatten(2, 3)
+        z_neg = attend(self, query, key_neg, value_neg, mask_neg).flatten(2, 3)
         return gate_and_project(attn, hidden_states, heads(attn, combine(z_pos, z_neg, self.settings)))
 
 
@@ -155,14 +140,6 @@ def _text_attentions(transformer: LTX2VideoTransformer3DModel, audio: bool) -> d
         for i, block in enumerate(transformer.transformer_blocks)
         for name in names
     }
-
-
-def _set(module: LTX2Attention, processor: object) -> None:
-    """Swap a processor in, keeping the attention backend and parallel config chosen for the old one."""
-    for attr in ("_attention_backend", "_parallel_config"):
-        if hasattr(processor, attr):
-            setattr(processor, attr, getattr(module.processor, attr, None))
-    module.set_processor(processor)
 
 
 def _stock_processor(transformer: LTX2VideoTransformer3DModel) -> object:
@@ -187,10 +164,10 @@ def install_nag(transformer: LTX2VideoTransformer3DModel, settings: NagSettings)
         wants_nag = settings.audio or not name.endswith("audio_attn2")
         if wants_nag and not _is_nag(module.processor, settings):
             previous[name] = module.processor
-            _set(module, NagAttnProcessor(settings))
+            swap_processor(module, NagAttnProcessor(settings))
         elif not wants_nag and isinstance(module.processor, NagAttnProcessor):
             previous[name] = module.processor
-            _set(module, _stock_processor(transformer))
+            swap_processor(module, _stock_processor(transformer))
     return previous
 
 
@@ -200,7 +177,7 @@ def remove_nag(transformer: LTX2VideoTransformer3DModel) -> Processors:
     for name, module in _text_attentions(transformer, audio=True).items():
         if isinstance(module.processor, NagAttnProcessor):
             previous[name] = module.processor
-            _set(module, _stock_processor(transformer))
+            swap_processor(module, _stock_processor(transformer))
     return previous
 
 

@@ -45,7 +45,7 @@ from diffusers.models.transformers.transformer_ltx2 import (
 )
 from torch import Tensor
 
-from audioloop.models.attention import gate_and_project, heads, rotate
+from audioloop.models.attention import gate_and_project, heads, rotate, swap_processor
 from audioloop.models.rope import same_tensor
 from audioloop.parallel import (
     TokenShard,
@@ -225,8 +225,7 @@ def _install(
     previous: Processors = {}
     for name, processor in plan.items():
         previous[name] = modules[name].processor
-        processor._attention_backend = getattr(previous[name], "_attention_backend", None)
-        modules[name].set_processor(processor)
+        swap_processor(modules[name], processor)
     return previous
 
 
