@@ -28,6 +28,7 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
 timings mean nothing, it only checks the script.
 
     python bench/decode.py --out $OUT --parts spans,accuracy,profile
+    python bench/decode.py --out $OUT --parts spans --cache /tmp/c   # twice: the second runs warm
 """
 
 from __future__ import annotations
@@ -457,12 +458,15 @@ def main() -> None:
     parser.add_argument(
         "--tiny", action="store_true", help="tiny model on the CPU at a toy size (tests this script)"
     )
+    parser.add_argument(
+        "--cache", type=Path, help="audioloop cache dir kept across runs: a second run's first calls are warm"
+    )
     args = parser.parse_args()
     if args.tiny:
         vars(args).update(TINY)
         torch.set_num_threads(1)  # two busy thread pools on two cores (the overlap's) would stall each other
-    # A fresh compile cache: compile times are cold ones, whatever an earlier run on the machine left behind.
-    os.environ["AUDIOLOOP_CACHE_DIR"] = tempfile.mkdtemp(prefix="audioloop-decode-")
+    # Without --cache a fresh compile cache: first calls are cold, whatever an earlier run left behind.
+    os.environ["AUDIOLOOP_CACHE_DIR"] = str(args.cache or tempfile.mkdtemp(prefix="audioloop-decode-"))
     accel.use_compile_cache(accel.compile_cache_dir())
     bench = Bench(args)
     parts = {

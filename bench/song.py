@@ -2,8 +2,9 @@
 
 The real render path (prepare → render: text once, audio/image encode, window chain, streaming decode,
 H.264 encode and mux), with `load_components` swapped for `fullsize.components()`. Reports total wall time,
-its split by stage, seconds per window, peak GPU memory and peak host RAM. "load" is building random
-weights here (not reading 60 GB from disk), so it is reported but left out of the overhead figure.
+its split by stage, seconds per window (and each window's stages and steps), peak GPU memory and peak host
+RAM. "load" is building random weights here (not reading 60 GB from disk), so it is reported but left out
+of the overhead figure.
 
     python bench/song.py --out $OUT                       # 3:30 at 832x480, 8 steps
     python bench/song.py --out $OUT --footage --fp8       # x264 fed footage-like frames, FP8 transformer
@@ -63,6 +64,44 @@ def footage(decode: Callable[..., torch.Tensor]) -> Callable:
     return decode_then_swap
 
 
+class Timeline(RenderProgress):
+    """Each window's share of every render stage, from the render's own Clock (which `watch` records as
+    render() builds it), and the host wall time between its progress reports: the first "step" also holds
+    the window's encode stage (audio slice, context), which runs before the sampler starts."""
+
+    def __init__(self) -> None:
+        self.clocks: list[render.Clock] = []
+        self.windows: list[dict] = []
+        self._stages: dict[str, float] = {}
+        self._last = 0.0
+
+    def watch(self) -> None:
+        """Make render.Clock record each instance here."""
+        timeline, base = self, render.Clock
+
+        class Watched(base):
+            def __init__(self, *args: object) -> None:
+                super().__init__(*args)
+                timeline.clocks.append(self)
+
+        render.Clock = Watched
+
+    def start_window(self, index: int, total: int, sampled: bool) -> None:
+        self._last = time.perf_counter()
+        self.windows.append({"window": index, "steps_s": []})
+
+    def step(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        self.windows[-1]["steps_s"].append(now - self._last)
+        self._last = now
+
+    def end_window(self) -> None:
+        """Charge the stages' growth since the last window to this one (the clock charges on stage exits)."""
+        seconds = dict(self.clocks[-1].seconds)
+        self.windows[-1]["stages_s"] = {k: v - self._stages.get(k, 0.0) for k, v in seconds.items()}
+        self._stages = seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -108,10 +147,10 @@ def main() -> None:
     prepared = prepare(request)
     prepare_s = time.perf_counter() - began
     marks: list[float] = []
+    timeline = Timeline()
+    timeline.watch()
     began = time.perf_counter()
-    document = render.render(
-        prepared, RenderProgress(), on_window=lambda _: marks.append(time.perf_counter())
-    )
+    document = render.render(prepared, timeline, on_window=lambda _: marks.append(time.perf_counter()))
     wall = time.perf_counter() - began
 
     timings = document["timings"]
@@ -135,6 +174,7 @@ def main() -> None:
         "overhead_s": overhead,
         "overhead_pct_of_wall_without_load": 100 * overhead / (wall - timings["load"]),
         "per_window_s": per_window,
+        "windows_detail": timeline.windows,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else 0.0,
         "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "output_bytes": Path(document["output"]).stat().st_size,
@@ -147,6 +187,10 @@ def main() -> None:
     print(f"render wall {wall:.1f} s, load {load:.1f} s, without load {wall - load:.1f} s")
     for stage in ("text", "encode", "sampling", "decode", "mux", "decode_busy"):
         print(f"  {stage:9s} {timings[stage]:8.2f} s")
+    for row in timeline.windows:
+        stages = " ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items() if v >= 0.005)
+        steps = " ".join(f"{t:.2f}" for t in row["steps_s"])
+        print(f"  window {row['window']:2d}: {stages} | steps {steps}")
     print(f"everything but load and sampling: {overhead:.1f} s = {share:.2f}% of the wall without load")
     print(f"peak GPU {results['peak_gpu_gib']:.1f} GiB, peak host RSS {results['peak_host_rss_gib']:.1f} GiB")
 
