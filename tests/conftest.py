@@ -1,4 +1,4 @@
-"""Fixtures shared by the render and upscale tests."""
+"""Fixtures shared by the test modules: the tiny transformer, and the render and upscale tests' own."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -6,6 +6,14 @@ from typing import Any
 
 import pytest
 import torch
+
+from audioloop.models.tiny import tiny_transformer
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    """The tiny LTX-2.3 transformer, built once per test module (module scope), as each had its own."""
+    return tiny_transformer()
 
 
 @pytest.fixture(scope="module")

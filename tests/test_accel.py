@@ -20,11 +20,6 @@ CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="CUDA streams, pinned memory and FP8 matmuls need a GPU")
 
 
-@pytest.fixture(scope="module")
-def model() -> nn.Module:
-    return tiny_transformer()
-
-
 def _aligned(linear: nn.Linear) -> bool:
     return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
 

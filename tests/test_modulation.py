@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from audioloop.models import accel
 from audioloop.models.modulation import (
@@ -18,14 +17,8 @@ from audioloop.models.modulation import (
     two_levels,
     use_two_level_modulation,
 )
-from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.sampler import token_timesteps
 from tiny_inputs import sample, window_inputs
-
-
-@pytest.fixture(scope="module")
-def model() -> nn.Module:
-    return tiny_transformer()
 
 
 def test_two_levels_of_frozen_and_noisy_tokens() -> None:

@@ -76,11 +76,6 @@ def _nag_forward(model, inputs, settings: NagSettings):
         return _forward(model, inputs, nag_text(inputs["text_video"], inputs["negative_video"]), text_audio)
 
 
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    return tiny_transformer()
-
-
 @pytest.mark.parametrize("audio", [False, True])
 def test_scale_one_reproduces_stock_attention(model, audio: bool) -> None:
     inputs = _inputs()

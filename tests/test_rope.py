@@ -23,16 +23,10 @@ from audioloop.models.attention import (
 )
 from audioloop.models.configs import TRANSFORMER_2_3
 from audioloop.models.rope import CompactRope, column_axes, distinct_positions, expand
-from audioloop.models.tiny import tiny_transformer
 from audioloop.parallel import TokenShard, shard_tokens
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sequence_parallel import _ShardHook, _Shards
 from tiny_inputs import sample, window_inputs
-
-
-@pytest.fixture(scope="module")
-def model() -> nn.Module:
-    return tiny_transformer()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from typing import Any
 import pytest
 import torch
 
-from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import WindowLayout, first_window, next_window
 from audioloop.sampling.nag import NagSettings
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
@@ -64,11 +63,6 @@ def _spy(model) -> tuple[list[dict[str, Any]], Any]:
         calls.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
 
     return calls, model.register_forward_pre_hook(record, with_kwargs=True)
-
-
-@pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    return tiny_transformer()
 
 
 @pytest.mark.parametrize("kind", ["first", "next"])
