@@ -7,12 +7,14 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
 - Compile: each of the 48 blocks' `forward` goes through `torch.compile(fullgraph=True, dynamic=False)`. The
   blocks share one code object, hence one graph per input layout: window 0 and windows ≥ 1 (one more frame of
   guide tokens) compile once each, and nothing else varies between steps (sigmas arrive as tensors). Hooks
-  stay outside the compiled region, which is what lets the offload streamer run around it.
+  stay outside the compiled region, which is what lets the offload streamer run around it. Compiled, the
+  FFs' tanh GELU is written as x·σ(2u) (`models/gelu.py`): one exp where libdevice's tanh was the bound.
 - The compile cache: inductor's FX-graph, AOT-autograd, autotune and Triton caches live under the audioloop
   cache dir, so a second process skips the inductor and Triton work.
-- FP8 (`torch._scaled_mm`, Hopper or Ada): chosen linears become `Fp8Linear` — e4m3 weights with one scale per
-  output channel, activations quantised per token (row-wise) on the fly, which inductor fuses with the op that
-  produces them. Plain tensors, no tensor subclass: the compile costs what bf16's does.
+- FP8 (`torch._scaled_mm`, Hopper or Ada): chosen linears become `models/fp8.py`'s `Fp8Linear` — e4m3 weights
+  with one scale per output channel, activations quantised per token (row-wise) on the fly, which inductor
+  fuses with the op that produces them; each FF's GELU and the quantisation after it are one Triton pass.
+  Plain tensors, no tensor subclass: the compile costs what bf16's does.
 - Offload: the blocks' weights sit in pinned host memory and stream into two device slots on a side stream,
   one block ahead of the compute; only the non-block layers stay resident.
 - Memory, every mode: the video adaLN modulation from each sample's two timestep levels instead of one
@@ -23,7 +25,7 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
 Measured on an H100 at 832×480×497 (bench/RESULTS.md): compiled bf16 0.75× the stock step, FP8 "all" 0.61×,
 offload 1.00× its resident mode, a second process warms up in 8 s (bf16) / 12 s (FP8); peaks on an H200 with
 both: bf16 37.2 GiB (39.35 GiB at 1280×704), FP8 20.1 GiB (22.5 GiB); offload 4.8 GiB (8.0 GiB at
-1280×704) before the RoPE change.
+1280×704) before the RoPE change. Ninth session, H200, both GELU changes: bf16 0.753×, FP8 0.595×.
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 from torch import Tensor, nn
 
 from audioloop.models.attention import use_rotary_attention
+from audioloop.models.fp8 import Fp8Linear, use_fused_gelu
+from audioloop.models.gelu import use_sigmoid_gelu
 from audioloop.models.modulation import use_two_level_modulation
 from audioloop.workdir import cache_dir
 
-FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 # Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call.
 ATTENTION = {
     "sdpa": "native",
@@ -169,58 +172,6 @@ def fp8_layer_names(transformer: LTX2VideoTransformer3DModel, recipe: Fp8Recipe)
             if aligned and any(fnmatch.fnmatchcase(name, pattern) for pattern in recipe.layers):
                 names.append(f"transformer_blocks.{index}.{name}")
     return names
-
-
-def quantize_rows(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x [M, K] → e4m3 [M, K] and fp32 scales [M, 1], each row's absmax mapped to 448 (x ≈ q·scale)."""
-    scale = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12) / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
-
-
-def quantize_tensor(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x → e4m3 and one fp32 scale for the whole tensor, its absmax mapped to 448 (x ≈ q·scale)."""
-    scale = x.abs().amax().float().clamp(min=1e-12) / FP8_MAX
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
-
-
-class Fp8Linear(nn.Module):
-    """y = x·Wᵀ + b on FP8 tensor cores: W in e4m3 with per-output-channel (or one) scale, x quantised per
-    token (or per tensor) at each call, the product accumulated and returned in x's dtype."""
-
-    def __init__(self, linear: nn.Linear, rowwise: bool, fast_accum: bool) -> None:
-        """Quantise `linear`'s weight; keep its bias in the compute dtype."""
-        super().__init__()
-        self.rowwise, self.fast_accum = rowwise, fast_accum
-        weight, scale = (quantize_rows if rowwise else quantize_tensor)(linear.weight.detach())
-        self.register_buffer("weight", weight)
-        self.register_buffer("weight_scale", scale.t() if rowwise else scale)  # [1, N] or []
-        bias = linear.bias.detach() if linear.bias is not None else None
-        self.register_buffer("bias", bias)
-
-    @property
-    def in_features(self) -> int:
-        """K, as nn.Linear has it."""
-        return self.weight.shape[1]
-
-    @property
-    def out_features(self) -> int:
-        """N, as nn.Linear has it."""
-        return self.weight.shape[0]
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Quantise x's rows, one scaled FP8 matmul with the bias fused, back to x's shape and dtype."""
-        rows, scale = (quantize_rows if self.rowwise else quantize_tensor)(x.reshape(-1, x.shape[-1]))
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        out = torch._scaled_mm(
-            rows,
-            self.weight.t(),
-            scale_a=scale,
-            scale_b=self.weight_scale,
-            bias=bias,
-            out_dtype=x.dtype,
-            use_fast_accum=self.fast_accum,
-        )
-        return out.reshape(*x.shape[:-1], self.out_features)
 
 
 def quantize_fp8(transformer: LTX2VideoTransformer3DModel, recipe: Fp8Recipe, names: list[str]) -> None:
@@ -350,6 +301,8 @@ def accelerate(
     check_device(settings, device)
     use_two_level_modulation(transformer)
     use_rotary_attention(transformer)
+    if settings.compile:  # one fused kernel compiled; eager, its ops would be six passes instead of one
+        use_sigmoid_gelu(transformer)
     recipe = FP8_RECIPES[settings.fp8] if settings.fp8 else None
     names = fp8_layer_names(transformer, recipe) if recipe else []
     blocks = transformer.transformer_blocks
@@ -359,6 +312,7 @@ def accelerate(
         if recipe:
             prefix = f"transformer_blocks.{index}."
             quantize_fp8(transformer, recipe, [name for name in names if name.startswith(prefix)])
+            use_fused_gelu(block, device)
         if streamer:
             streamer.adopt(block)
     if streamer:

@@ -1,0 +1,32 @@
+"""The feed-forwards' tanh-approximate GELU as x·σ(2u): the same function, with one exp in place of a tanh.
+
+½x(1 + tanh u) = x·σ(2u) for u = √(2/π)(x + 0.044715x³). Every block's FF applies it to [N, 16384]
+(24,960 tokens at 832×480), and in the compiled FP8 step the kernel that computes it (twice: once for the
+row's absmax, once to quantise) was the largest elementwise kernel, bound by libdevice's tanh rather than by
+memory (bench/quantize.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.models.activations import GELU
+from torch import Tensor, nn
+
+SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+def gelu_tanh(x: Tensor) -> Tensor:
+    """F.gelu(x, approximate="tanh"), computed in fp32 as x·σ(2u) and returned in x's dtype."""
+    y = x.float()
+    return (y * torch.sigmoid(2.0 * SQRT_2_OVER_PI * (y + 0.044715 * y * y * y))).to(x.dtype)
+
+
+def use_sigmoid_gelu(model: nn.Module) -> int:
+    """Make `gelu_tanh` the activation of every tanh-approximate diffusers GELU in `model`, in place
+    (idempotent); returns how many it covers."""
+    modules = [m for m in model.modules() if isinstance(m, GELU) and m.approximate == "tanh"]
+    for module in modules:
+        module.gelu = gelu_tanh
+    return len(modules)
