@@ -42,6 +42,8 @@ from torch import Tensor, nn
 import fullsize
 from audioloop.models import accel
 from audioloop.models.attention import use_rotary_attention
+from audioloop.models.fp8 import use_fused_gelu
+from audioloop.models.gelu import use_sigmoid_gelu
 from audioloop.models.modulation import use_two_level_modulation
 from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
@@ -172,6 +174,7 @@ def compile_variant(bench: Bench, model: nn.Module, attention: str, rotary: str 
     """What `accel.accelerate` does for memory and compile, with the benchmark's compile backend; `rotary`
     takes the RoPE back to diffusers' processors or tables, to measure what each part saves."""
     use_two_level_modulation(model)
+    use_sigmoid_gelu(model)
     if rotary != "stock":
         use_rotary_attention(model)
     if rotary == "full":
@@ -181,10 +184,12 @@ def compile_variant(bench: Bench, model: nn.Module, attention: str, rotary: str 
 
 
 def fp8_model(bench: Bench, recipe: str) -> nn.Module:
-    """A fresh model with the recipe's linears in FP8 (as `accel.accelerate` does, minus the device check)."""
+    """A fresh model with the recipe's linears in FP8 and its FFs fused (as `accel.accelerate` does, minus
+    the device check)."""
     model = build(bench.args, bench.device)
     spec = accel.FP8_RECIPES[recipe]
     accel.quantize_fp8(model, spec, accel.fp8_layer_names(model, spec))
+    use_fused_gelu(model, bench.device)
     return model
 
 
@@ -259,6 +264,7 @@ def fp8_block(block: nn.Module, recipe: str) -> nn.Module:
     holder = nn.Module()
     holder.transformer_blocks = nn.ModuleList([copy.deepcopy(block)])
     accel.quantize_fp8(holder, spec, accel.fp8_layer_names(holder, spec))
+    use_fused_gelu(holder, next(block.parameters()).device)
     return holder.transformer_blocks[0]
 
 
@@ -324,7 +330,7 @@ def profile(bench: Bench, name: str, fn: Callable[[], object]) -> dict:
     for event in events:
         kind = kind_of(event.key)
         kinds[kind] = kinds.get(kind, 0.0) + event.device_time_total / 1e6
-    table = prof.key_averages().table(sort_by="device_time_total", row_limit=30, max_name_column_width=90)
+    table = prof.key_averages().table(sort_by="device_time_total", row_limit=80, max_name_column_width=160)
     bench.args.out.mkdir(parents=True, exist_ok=True)  # a run's first measurement may be this one
     (bench.args.out / f"profile_{name}.txt").write_text(table)
     return {"seconds_by_kind": kinds, "total_s": sum(kinds.values())}
