@@ -97,7 +97,7 @@ def test_the_fused_ff_computes_what_the_unfused_one_does_with_the_same_weights()
     assert fused(x).shape == (2, 9, 64)
 
 
-def test_only_ffs_with_row_wise_fp8_on_both_sides_and_no_dropout_are_fused() -> None:
+def test_only_ffs_in_fp8_with_a_row_wise_down_projection_and_no_dropout_are_fused() -> None:
     plain = FeedForward(64, inner_dim=256, activation_fn="gelu-approximate")
     tensorwise = _fp8_ff()
     tensorwise.net[2] = fp8.Fp8Linear(nn.Linear(256, 64), rowwise=False, fast_accum=True)
