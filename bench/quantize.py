@@ -24,8 +24,8 @@ from torch import Tensor
 from audioloop.models.fp8 import FP8_MAX, triton_gelu_quantize_rows
 from audioloop.models.fp8 import quantize_rows as quantize_divide
 from audioloop.models.gelu import gelu_tanh as gelu_sigmoid
-from step_variants import timed
-from timing import Run, summary
+from step_variants import warmed
+from timing import Run
 
 
 def quantize_reciprocal(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,12 +52,6 @@ def dequantized(pair: tuple[Tensor, Tensor]) -> Tensor:
     return q.float() * s
 
 
-def time_it(fn: Callable[[], object], device: torch.device, repeats: int) -> dict:
-    """Median/min/max seconds of `repeats` calls after one untimed call (compile, autotune)."""
-    fn()
-    return summary(timed(fn, repeats, device))
-
-
 def compiled(run: Run, fn: Callable) -> Callable:
     """fn compiled as a block's code is on the GPU; eager on the CPU."""
     return torch.compile(fn, fullgraph=True, dynamic=False) if run.device.type == "cuda" else fn
@@ -75,7 +69,7 @@ def compare(
     distance from the earlier form's result."""
     exact, before = refs
     out = dequantized(call(*args))
-    record = time_it(lambda: call(*args), run.device, run.args.repeats)
+    record = warmed(lambda: call(*args), run.args.repeats, run.device)
     record.update(
         gb_per_s=traffic / record["median"] / 1e9, error=rel(out, exact), from_before=rel(out, before)
     )
@@ -90,7 +84,7 @@ def compare(
 def time_gelu(run: Run, name: str, call: Callable, hidden: Tensor, exact: Tensor) -> None:
     """Time GELU alone (bf16 in, bf16 out) and record its error against fp32."""
     out = call(hidden).float()
-    record = time_it(lambda: call(hidden), run.device, run.args.repeats)
+    record = warmed(lambda: call(hidden), run.args.repeats, run.device)
     record.update(gb_per_s=hidden.numel() * 4 / record["median"] / 1e9, error=rel(out, exact))
     run.results["variants"][name] = record
     print(f"{name:<48} {record['median'] * 1e3:8.3f} ms  error {record['error']:.3%}", flush=True)

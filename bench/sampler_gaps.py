@@ -3,8 +3,8 @@
 The render's steady FP8 step is 1.63 s of host time while one compiled forward with the same inputs takes
 1.52 s of device time (eighth and ninth sessions). This builds the transformer as the render does
 (`accel.accelerate`), then for one window ≥ 1 at the render's shape:
-- times one forward, a whole window through `sample_window` (NAG on and
-  off, per step) and the host time between its step reports;
+- times one forward, a whole window through `sample_window` (NAG on and off, per step) and the host time
+  between its step reports;
 - runs one window under `torch.cuda.set_sync_debug_mode("warn")` and lists each distinct call site that
   made the host wait for the GPU;
 - profiles one window and sums the time the GPU runs no kernel, with the largest gaps and the kernels
@@ -22,32 +22,21 @@ import os
 import time
 import traceback
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from audioloop.models.accel import AccelSettings, accelerate
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
-from audioloop.sampling.window import SamplerSettings, sample_window
-from step_variants import build, timed, window
-from timing import Run, summary
+from step_variants import build, sampler, warmed, window
+from timing import Run
 from window_step import stock_call
-
-KEYS = ("audio", "text_video", "text_audio", "negative_video", "negative_audio")
-
-
-def windowed(model: torch.nn.Module, x: dict, nag: bool, on_step: Callable | None = None) -> Callable:
-    """One whole window through the render's sampler, NAG on or off."""
-    settings = SamplerSettings(sigmas=DISTILLED_SIGMAS) if nag else SamplerSettings(nag=None)
-    inputs = tuple(x[k] for k in KEYS)
-    return lambda: sample_window(model, x["layout"], *inputs, seed=0, settings=settings, on_step=on_step)
 
 
 def host_steps(model: torch.nn.Module, x: dict) -> list[float]:
     """Host seconds between the step reports of one window (what the render's progress sees)."""
     marks = [time.perf_counter()]
-    windowed(model, x, nag=True, on_step=lambda *_: marks.append(time.perf_counter()))()
+    sampler(model, x, on_step=lambda *_: marks.append(time.perf_counter()))()
     return [b - a for a, b in itertools.pairwise(marks)]
 
 
@@ -67,7 +56,7 @@ def sync_sites(model: torch.nn.Module, x: dict) -> dict[str, int]:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = record  # restored by catch_warnings
-            windowed(model, x, nag=True)()
+            sampler(model, x)()
     finally:
         torch.cuda.set_sync_debug_mode(0)
     return dict(sorted(sites.items(), key=lambda kv: -kv[1]))
@@ -78,7 +67,7 @@ def idle(model: torch.nn.Module, x: dict, out: Path) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        windowed(model, x, nag=True)()
+        sampler(model, x)()
         torch.cuda.synchronize()
     kernels = sorted(
         (e.time_range.start, e.time_range.end, e.name)
@@ -129,20 +118,15 @@ def main() -> None:
     x = window(model, "next", args, dev)
     calls = {
         "forward": stock_call(model, x),
-        "window NAG on": windowed(model, x, nag=True),
-        "window NAG off": windowed(model, x, nag=False),
+        "window NAG on": sampler(model, x),
+        "window NAG off": sampler(model, x, nag=False),
     }
     steps = len(DISTILLED_SIGMAS) - 1
     res["seconds_per_step"] = {}
     for name, fn in calls.items():
         per = steps if name.startswith("window") else 1
         repeats = args.repeats if per > 1 else args.repeats + 2
-
-        def measure(fn: Callable = fn, per: int = per, repeats: int = repeats) -> dict:
-            fn()
-            return summary(timed(fn, repeats, dev), per)
-
-        res["seconds_per_step"][name] = run.attempt(name, measure)
+        res["seconds_per_step"][name] = run.attempt(name, lambda f=fn, p=per, r=repeats: warmed(f, r, dev, p))
     res["host_steps_s"] = run.attempt("host steps", lambda: host_steps(model, x))
     if dev.type == "cuda":
         res["sync_sites"] = run.attempt("syncs", lambda: sync_sites(model, x))

@@ -89,6 +89,12 @@ def timed(fn: Callable[[], object], repeats: int, device: torch.device) -> list[
     return times
 
 
+def warmed(fn: Callable[[], object], repeats: int, device: torch.device, per: int = 1) -> dict[str, float]:
+    """One untimed call (compile, autotune), then the summary of `repeats` timed ones, divided by per."""
+    fn()
+    return summary(timed(fn, repeats, device), per)
+
+
 def graphs() -> int:
     """Graphs Dynamo has compiled in this process so far."""
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
@@ -138,11 +144,17 @@ def window(model: nn.Module, kind: str, args: argparse.Namespace, device: torch.
     }
 
 
-def sampler(model: nn.Module, x: dict, sigmas: tuple[float, ...] = DISTILLED_SIGMAS) -> Callable[[], object]:
-    """One whole window through audioloop's sampler, NAG on (what the render runs)."""
-    settings = SamplerSettings(sigmas=sigmas)
-    keys = ("audio", "text_video", "text_audio", "negative_video", "negative_audio")
-    return lambda: sample_window(model, x["layout"], *(x[k] for k in keys), seed=0, settings=settings)
+def sampler(
+    model: nn.Module,
+    x: dict,
+    sigmas: tuple[float, ...] = DISTILLED_SIGMAS,
+    nag: bool = True,
+    on_step: Callable[[int, int], None] | None = None,
+) -> Callable[[], object]:
+    """One whole window through audioloop's sampler, NAG on by default (what the render runs)."""
+    settings = SamplerSettings(sigmas=sigmas) if nag else SamplerSettings(sigmas=sigmas, nag=None)
+    inputs = tuple(x[k] for k in ("audio", "text_video", "text_audio", "negative_video", "negative_audio"))
+    return lambda: sample_window(model, x["layout"], *inputs, seed=0, settings=settings, on_step=on_step)
 
 
 def build(args: argparse.Namespace, device: torch.device) -> nn.Module:
