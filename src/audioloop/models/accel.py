@@ -8,7 +8,9 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
   blocks share one code object, hence one graph per input layout: window 0 and windows ≥ 1 (one more frame of
   guide tokens) compile once each, and nothing else varies between steps (sigmas arrive as tensors). Hooks
   stay outside the compiled region, which is what lets the offload streamer run around it. Compiled, the
-  FFs' tanh GELU is written as x·σ(2u) (`models/gelu.py`): one exp where libdevice's tanh was the bound.
+  FFs' tanh GELU is written as x·σ(2u) (`models/gelu.py`): one exp where libdevice's tanh was the bound,
+  and every row reduction of up to 4,096 elements (the norms, the FP8 row quantisation) holds its row in
+  registers (`models/reductions.py`): one read of the row instead of one per dependent reduction.
 - The compile cache: inductor's FX-graph, AOT-autograd, autotune and Triton caches live under the audioloop
   cache dir, so a second process skips the inductor and Triton work.
 - FP8 (`torch._scaled_mm`, Hopper or Ada): chosen linears become `models/fp8.py`'s `Fp8Linear` — e4m3 weights
@@ -22,10 +24,9 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
   without fp32 copies of q and k and with compact tables (`models/attention.py`, `models/rope.py`):
   0.8 GiB lower at 832×480, 1.7 GiB at 1280×704.
 
-Measured on an H100 at 832×480×497 (bench/RESULTS.md): compiled bf16 0.75× the stock step, FP8 "all" 0.61×,
-offload 1.00× its resident mode, a second process warms up in 8 s (bf16) / 12 s (FP8); peaks on an H200 with
-both: bf16 37.2 GiB (39.35 GiB at 1280×704), FP8 20.1 GiB (22.5 GiB); offload 4.8 GiB (8.0 GiB at
-1280×704) before the RoPE change. Ninth session, H200, both GELU changes: bf16 0.753×, FP8 0.595×.
+Measured at 832×480×497 on an H200 (bench/RESULTS.md, tenth session): compiled bf16 0.746× the stock step,
+FP8 "all" 0.588×, offload 1.006× / 0.995× its resident mode at 4.0 / 3.5 GiB; peaks bf16 37.2 GiB (39.35 GiB
+at 1280×704), FP8 20.1 GiB (22.5 GiB); a second process warms up in 8 s (bf16) / 12 s (FP8, H100).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from audioloop.models.attention import use_rotary_attention
 from audioloop.models.fp8 import Fp8Linear, use_fused_gelu
 from audioloop.models.gelu import use_sigmoid_gelu
 from audioloop.models.modulation import use_two_level_modulation
+from audioloop.models.reductions import use_persistent_rows
 from audioloop.workdir import cache_dir
 
 # Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call.
@@ -322,5 +324,6 @@ def accelerate(
         set_attention(transformer, settings.attention)
     if settings.compile:
         use_compile_cache(compile_cache_dir())
+        use_persistent_rows()
         compile_blocks(transformer)
     return streamer
