@@ -5,7 +5,8 @@ GELU then quantise before the FF down-projection ([24,960 × 16,384] at 832×480
 the step), the adaLN norm and modulation then quantise before the projections ([24,960 × 4,096]). Each
 variant computes the same function, compiled as a block compiles it: device time (CUDA events, median),
 effective bandwidth, error against the unquantised fp32 function, distance from the earlier form's result.
-The bf16 step's GELU (no quantisation) is timed in both forms too.
+The bf16 step's GELU and norm (no quantisation) are timed too. "Persistent rows": compiled with
+`models/reductions.py`'s heuristics, each row reduction held in registers instead of looped over.
 
     python bench/quantize.py --out $OUT
     python bench/quantize.py --out /tmp/q --tiny     # CPU smoke test: small shapes, eager, no Triton
@@ -15,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from audioloop.models.fp8 import FP8_MAX, triton_gelu_quantize_rows
 from audioloop.models.fp8 import quantize_rows as quantize_divide
+from audioloop.models.fp8 import triton_gelu_quantize_rows
 from audioloop.models.gelu import gelu_tanh as gelu_sigmoid
+from audioloop.models.reductions import ROW_LIMIT, use_persistent_rows
 from step_variants import warmed
 from timing import Run
-
-
-def quantize_reciprocal(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Row-wise e4m3 with every element multiplied by its row's reciprocal scale: one division a row."""
-    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp(min=1e-12)
-    return (x.float() * (FP8_MAX / amax)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), amax / FP8_MAX
 
 
 def gelu_stock(x: Tensor) -> Tensor:
@@ -55,6 +52,18 @@ def dequantized(pair: tuple[Tensor, Tensor]) -> Tensor:
 def compiled(run: Run, fn: Callable) -> Callable:
     """fn compiled as a block's code is on the GPU; eager on the CPU."""
     return torch.compile(fn, fullgraph=True, dynamic=False) if run.device.type == "cuda" else fn
+
+
+def under_rows(rows: int, measure: Callable[[], None]) -> None:
+    """Run `measure` (whose first call compiles) with row reductions of up to `rows` elements persistent
+    (0: inductor's own rule), then put inductor's rule back. Dynamo forgets earlier compiles first: the
+    same function compiled under other heuristics would otherwise reuse them."""
+    torch._dynamo.reset()
+    use_persistent_rows(rows)
+    try:
+        measure()
+    finally:
+        use_persistent_rows(0)
 
 
 def rel(a: Tensor, b: Tensor) -> float:
@@ -90,6 +99,15 @@ def time_gelu(run: Run, name: str, call: Callable, hidden: Tensor, exact: Tensor
     print(f"{name:<48} {record['median'] * 1e3:8.3f} ms  error {record['error']:.3%}", flush=True)
 
 
+def time_norm(run: Run, name: str, call: Callable, inputs: tuple, exact: Tensor) -> None:
+    """Time the bf16 step's norm and modulation alone (bf16 in, bf16 out); record its error against fp32."""
+    out = call(*inputs).float()
+    record = warmed(lambda: call(*inputs), run.args.repeats, run.device)
+    record.update(gb_per_s=inputs[0].numel() * 4 / record["median"] / 1e9, error=rel(out, exact))
+    run.results["variants"][name] = record
+    print(f"{name:<48} {record['median'] * 1e3:8.3f} ms  error {record['error']:.3%}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
@@ -109,14 +127,17 @@ def main() -> None:
     ref = exact, dequantized(quantize_divide(gelu_stock(hidden)))
     traffic = hidden.numel() * 3  # bf16 in, e4m3 out
     ff = {
-        "gelu tanh + divide (before)": lambda h: quantize_divide(gelu_stock(h)),
-        "gelu tanh + reciprocal": lambda h: quantize_reciprocal(gelu_stock(h)),
-        "gelu sigmoid + divide": lambda h: quantize_divide(gelu_sigmoid(h)),
-        "gelu sigmoid + reciprocal": lambda h: quantize_reciprocal(gelu_sigmoid(h)),
+        "gelu tanh + divide (before)": (lambda h: quantize_divide(gelu_stock(h)), 0),
+        "gelu sigmoid + divide": (lambda h: quantize_divide(gelu_sigmoid(h)), 0),
+        "gelu sigmoid + divide, persistent rows": (
+            lambda h: quantize_divide(gelu_sigmoid(h)),
+            hidden.shape[1],
+        ),
     }
-    for name, fn in ff.items():
+    for name, (fn, rows) in ff.items():
         call = compiled(run, fn)
-        run.attempt(f"ff {name}", lambda n=name, c=call: compare(run, f"ff {n}", c, (hidden,), ref, traffic))
+        measure = partial(compare, run, f"ff {name}", call, (hidden,), ref, traffic)
+        run.attempt(f"ff {name}", partial(under_rows, rows, measure))
     if device.type == "cuda":
         kernel = triton_gelu_quantize_rows()
         name = "ff triton one pass (the render's, models/fp8.py)"
@@ -135,13 +156,21 @@ def main() -> None:
     ref = modulate(x.float(), scale, shift), dequantized(quantize_divide(modulate(x, scale, shift)))
     traffic = x.numel() * 3
     norm = {
-        "norm + divide (the render's)": lambda a, b, c: quantize_divide(modulate(a, b, c)),
-        "norm + reciprocal": lambda a, b, c: quantize_reciprocal(modulate(a, b, c)),
+        "norm + divide (before)": (lambda a, b, c: quantize_divide(modulate(a, b, c)), 0),
+        "norm + divide, persistent rows (the render's)": (
+            lambda a, b, c: quantize_divide(modulate(a, b, c)),
+            ROW_LIMIT,
+        ),
     }
     inputs = (x, scale, shift)
-    for name, fn in norm.items():
-        call = compiled(run, fn)
-        run.attempt(f"norm {name}", lambda n=name, c=call: compare(run, f"norm {n}", c, inputs, ref, traffic))
+    for name, (fn, rows) in norm.items():
+        measure = partial(compare, run, f"norm {name}", compiled(run, fn), inputs, ref, traffic)
+        run.attempt(f"norm {name}", partial(under_rows, rows, measure))
+    exact = modulate(x.float(), scale, shift)
+    bf16 = {"norm, bf16 (before)": 0, "norm, bf16, persistent rows (the render's)": ROW_LIMIT}
+    for name, rows in bf16.items():
+        measure = partial(time_norm, run, name, compiled(run, modulate), inputs, exact)
+        run.attempt(name, partial(under_rows, rows, measure))
 
 
 if __name__ == "__main__":

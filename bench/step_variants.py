@@ -45,6 +45,7 @@ from audioloop.models.attention import use_rotary_attention
 from audioloop.models.fp8 import use_fused_gelu
 from audioloop.models.gelu import use_sigmoid_gelu
 from audioloop.models.modulation import use_two_level_modulation
+from audioloop.models.reductions import ROW_LIMIT, use_persistent_rows
 from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
@@ -192,6 +193,7 @@ def compile_variant(bench: Bench, model: nn.Module, attention: str, rotary: str 
     if rotary == "full":
         model.rope, model.cross_attn_rope = model.rope.inner, model.cross_attn_rope.inner
     accel.set_attention(model, attention)
+    use_persistent_rows(bench.args.rows)
     accel.compile_blocks(model, backend=bench.args.compile_backend)
 
 
@@ -649,6 +651,9 @@ def main() -> None:
     parser.add_argument("--rotary", default=",".join(ROTARY), help="RoPE variants of part memory")
     parser.add_argument("--offload-cap-gib", type=float, default=12.0)
     parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument(
+        "--rows", type=int, default=ROW_LIMIT, help="persistent row reductions up to this size; 0: inductor's"
+    )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/audioloop-bench-cache"))
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds; later parts are skipped")
     parser.add_argument("--skip", default="", help="measurements to leave out, comma-separated names")
