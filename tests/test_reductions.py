@@ -44,8 +44,10 @@ def graph():
 
 @pytest.fixture
 def restore():
+    tag = torch.compiler.config.cache_key_tag
     yield
     use_persistent_rows(0)
+    torch.compiler.config.cache_key_tag = tag
 
 
 @pytest.mark.usefixtures("graph")
@@ -83,6 +85,15 @@ def test_install_sets_the_factory_the_handler_and_the_cache_tag() -> None:
     assert torch._inductor.config.inductor_choices_class is None
     assert type(V.choices) is InductorChoices
     assert torch.compiler.config.cache_key_tag == ""
+
+
+@pytest.mark.usefixtures("graph", "restore")
+def test_the_users_cache_tag_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TORCH_COMPILE_CACHE_KEY_TAG", "mine")
+    use_persistent_rows()
+    assert torch.compiler.config.cache_key_tag == f"mine+audioloop-persistent-rows-{ROW_LIMIT}"
+    use_persistent_rows(0)
+    assert torch.compiler.config.cache_key_tag == "mine"
 
 
 def norm(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

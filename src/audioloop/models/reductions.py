@@ -10,6 +10,7 @@ compiled under another limit are never reused.
 
 from __future__ import annotations
 
+import os
 from functools import partial
 
 import torch
@@ -53,8 +54,9 @@ class PersistentRows(InductorChoices):
 
 def use_persistent_rows(limit: int = ROW_LIMIT) -> None:
     """Compile from now on with `PersistentRows(limit)` (0: inductor's own heuristics), on every thread,
-    and tag the compile cache with it."""
+    and add it to the compile cache's key tag (after the user's TORCH_COMPILE_CACHE_KEY_TAG, if any)."""
     choices = PersistentRows(limit) if limit else InductorChoices()
     torch._inductor.config.inductor_choices_class = partial(PersistentRows, limit) if limit else None
     V.set_choices_handler(choices)  # this thread may have made its handler already
-    torch.compiler.config.cache_key_tag = choices.uuid() if limit else ""
+    tags = [os.environ.get("TORCH_COMPILE_CACHE_KEY_TAG", ""), choices.uuid() if limit else ""]
+    torch.compiler.config.cache_key_tag = "+".join(tag for tag in tags if tag)
