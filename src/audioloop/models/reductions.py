@@ -1,11 +1,11 @@
 """Row reductions in registers: inductor compiles each row reduction of up to `limit` elements as a
 persistent one (the whole row held by one program) instead of a loop over the row.
 
-Every block normalises [N, 4096] video rows (and [N, 2048] audio rows) seven times: adaLN norms, q/k norms,
-each followed by modulation, RoPE or the FP8 row quantisation. Inductor keeps a row in registers only up to
-1,024 elements; longer rows get a loop per dependent reduction (the norm's mean square, then the quantised
-row's absmax), each re-reading the row from memory. The limit is part of the compile cache key, so kernels
-compiled under another limit are never reused.
+Every block normalises [N, 4096] video rows (and [N, 2048] audio rows) again and again: adaLN norms,
+q/k norms, each followed by modulation, RoPE or the FP8 row quantisation. Inductor keeps a row in
+registers only up to 1,024 elements; longer rows get a loop per dependent reduction (the norm's mean
+square, then the quantised row's absmax), each re-reading the row from memory. The limit is part of the
+compile cache key, so kernels compiled under another limit are never reused.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class PersistentRows(InductorChoices):
     """Inductor's heuristics, except that row reductions of up to `limit` elements are persistent."""
 
     def __init__(self, limit: int = ROW_LIMIT) -> None:
-        """Persistent inner reductions up to `limit` elements."""
+        """Persistent row reductions up to `limit` elements."""
         super().__init__()
         self.limit = limit
 
