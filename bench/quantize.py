@@ -43,6 +43,21 @@ def modulate(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
     return (y * (1.0 + scale.float()) + shift.float()).to(x.dtype)
 
 
+def stock_gelu_quantized(x: Tensor) -> tuple[Tensor, Tensor]:
+    """diffusers' GELU, then the row quantisation: the FP8 FF's middle before the sigmoid form."""
+    return quantize_divide(gelu_stock(x))
+
+
+def gelu_quantized(x: Tensor) -> tuple[Tensor, Tensor]:
+    """GELU as x·σ(2u), then the row quantisation: what the render's one-pass kernel computes."""
+    return quantize_divide(gelu_sigmoid(x))
+
+
+def norm_quantized(x: Tensor, scale: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
+    """The adaLN input of an FP8 projection: norm and modulation, then the row quantisation."""
+    return quantize_divide(modulate(x, scale, shift))
+
+
 def dequantized(pair: tuple[Tensor, Tensor]) -> Tensor:
     """q·scale in fp32."""
     q, s = pair
@@ -90,17 +105,9 @@ def compare(
     )
 
 
-def time_gelu(run: Run, name: str, call: Callable, hidden: Tensor, exact: Tensor) -> None:
-    """Time GELU alone (bf16 in, bf16 out) and record its error against fp32."""
-    out = call(hidden).float()
-    record = warmed(lambda: call(hidden), run.args.repeats, run.device)
-    record.update(gb_per_s=hidden.numel() * 4 / record["median"] / 1e9, error=rel(out, exact))
-    run.results["variants"][name] = record
-    print(f"{name:<48} {record['median'] * 1e3:8.3f} ms  error {record['error']:.3%}", flush=True)
-
-
-def time_norm(run: Run, name: str, call: Callable, inputs: tuple, exact: Tensor) -> None:
-    """Time the bf16 step's norm and modulation alone (bf16 in, bf16 out); record its error against fp32."""
+def time_bf16(run: Run, name: str, call: Callable, inputs: tuple, exact: Tensor) -> None:
+    """Time a bf16 step's kernel alone (bf16 in, bf16 out, of the first input's size) and record its error
+    against fp32."""
     out = call(*inputs).float()
     record = warmed(lambda: call(*inputs), run.args.repeats, run.device)
     record.update(gb_per_s=inputs[0].numel() * 4 / record["median"] / 1e9, error=rel(out, exact))
@@ -124,15 +131,12 @@ def main() -> None:
 
     hidden = torch.randn(m, 512 if args.tiny else 16384, device=device, dtype=torch.bfloat16, generator=gen)
     exact = F.gelu(hidden.float(), approximate="tanh")
-    ref = exact, dequantized(quantize_divide(gelu_stock(hidden)))
+    ref = exact, dequantized(stock_gelu_quantized(hidden))
     traffic = hidden.numel() * 3  # bf16 in, e4m3 out
     ff = {
-        "gelu tanh + divide (before)": (lambda h: quantize_divide(gelu_stock(h)), 0),
-        "gelu sigmoid + divide": (lambda h: quantize_divide(gelu_sigmoid(h)), 0),
-        "gelu sigmoid + divide, persistent rows": (
-            lambda h: quantize_divide(gelu_sigmoid(h)),
-            hidden.shape[1],
-        ),
+        "gelu tanh + divide (before)": (stock_gelu_quantized, 0),
+        "gelu sigmoid + divide": (gelu_quantized, 0),
+        "gelu sigmoid + divide, persistent rows": (gelu_quantized, hidden.shape[1]),
     }
     for name, (fn, rows) in ff.items():
         call = compiled(run, fn)
@@ -148,28 +152,25 @@ def main() -> None:
         "gelu sigmoid, bf16 (the render's, models/gelu.py)": gelu_sigmoid,
     }.items():
         call = compiled(run, fn)
-        run.attempt(name, lambda n=name, c=call: time_gelu(run, n, c, hidden, exact))
+        run.attempt(name, lambda n=name, c=call: time_bf16(run, n, c, (hidden,), exact))
 
     x = torch.randn(m, 256 if args.tiny else 4096, device=device, dtype=torch.bfloat16, generator=gen)
     scale, shift = (0.1 * torch.randn(x.shape[1], device=device, generator=gen) for _ in range(2))
     scale, shift = scale.to(torch.bfloat16), shift.to(torch.bfloat16)
-    ref = modulate(x.float(), scale, shift), dequantized(quantize_divide(modulate(x, scale, shift)))
+    ref = modulate(x.float(), scale, shift), dequantized(norm_quantized(x, scale, shift))
     traffic = x.numel() * 3
-    norm = {
-        "norm + divide (before)": (lambda a, b, c: quantize_divide(modulate(a, b, c)), 0),
-        "norm + divide, persistent rows (the render's)": (
-            lambda a, b, c: quantize_divide(modulate(a, b, c)),
-            ROW_LIMIT,
-        ),
-    }
     inputs = (x, scale, shift)
-    for name, (fn, rows) in norm.items():
-        measure = partial(compare, run, f"norm {name}", compiled(run, fn), inputs, ref, traffic)
+    for name, rows in {
+        "norm + divide (before)": 0,
+        "norm + divide, persistent rows (the render's)": ROW_LIMIT,
+    }.items():
+        measure = partial(compare, run, f"norm {name}", compiled(run, norm_quantized), inputs, ref, traffic)
         run.attempt(f"norm {name}", partial(under_rows, rows, measure))
-    exact = modulate(x.float(), scale, shift)
-    bf16 = {"norm, bf16 (before)": 0, "norm, bf16, persistent rows (the render's)": ROW_LIMIT}
-    for name, rows in bf16.items():
-        measure = partial(time_norm, run, name, compiled(run, modulate), inputs, exact)
+    for name, rows in {
+        "norm, bf16 (before)": 0,
+        "norm, bf16, persistent rows (the render's)": ROW_LIMIT,
+    }.items():
+        measure = partial(time_bf16, run, name, compiled(run, modulate), inputs, ref[0])
         run.attempt(name, partial(under_rows, rows, measure))
 
 
