@@ -8,7 +8,7 @@ import torch
 
 from audioloop.config import Settings
 from audioloop.errors import SettingsError
-from audioloop.job import BACKGROUND_DECODE_MIN_GIB, accel_settings, background_decode, cuda_graphs
+from audioloop.job import BACKGROUND_DECODE_MIN_GIB, accel_settings, background_decode
 from audioloop.models.accel import DEFAULT_FP8, AccelSettings
 from audioloop.render import accelerated, home
 
@@ -39,21 +39,6 @@ def test_background_decode_auto_needs_a_large_cuda_card_and_no_offload(
     assert not background_decode("auto", cuda, offload=False)
     assert background_decode(True, cuda, offload=True) and background_decode(True, CPU, offload=False)
     assert not background_decode(False, cuda, offload=False)
-
-
-def test_cuda_graphs_need_compile_residency_and_a_large_cuda_card(monkeypatch: pytest.MonkeyPatch) -> None:
-    cuda = torch.device("cuda")
-    total = {"memory": 80 * 2**30}
-    monkeypatch.setattr(
-        torch.cuda, "get_device_properties", lambda _: type("P", (), {"total_memory": total["memory"]})
-    )
-    assert cuda_graphs(AccelSettings(), cuda)
-    assert cuda_graphs(AccelSettings(fp8=DEFAULT_FP8), cuda)
-    assert not cuda_graphs(AccelSettings(compile=False), cuda)
-    assert not cuda_graphs(AccelSettings(offload=True), cuda)
-    assert not cuda_graphs(AccelSettings(), CPU)
-    total["memory"] = BACKGROUND_DECODE_MIN_GIB * 2**30 - 1
-    assert not cuda_graphs(AccelSettings(), cuda)
 
 
 @pytest.mark.parametrize(

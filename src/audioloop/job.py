@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,19 +172,7 @@ def background_decode(choice: str | bool, device: torch.device, offload: bool) -
     BACKGROUND_DECODE_MIN_GIB or more, unless offloading, whose point is a small card)."""
     if choice != "auto":
         return bool(choice)
-    return not offload and large_card(device)
-
-
-def cuda_graphs(accel: AccelSettings, device: torch.device) -> bool:
-    """Whether a window's steps replay as a CUDA graph (`sampling/graphs.py`): compiled and resident (the
-    offload streamer's hooks cannot be recorded), on a large card, where the graph's activations can stay
-    reserved beside the allocator's cache."""
-    return accel.compile and not accel.offload and large_card(device)
-
-
-def large_card(device: torch.device) -> bool:
-    """A CUDA card of BACKGROUND_DECODE_MIN_GIB or more: room for what trades memory for speed."""
-    if device.type != "cuda":
+    if device.type != "cuda" or offload:
         return False
     return torch.cuda.get_device_properties(device).total_memory >= BACKGROUND_DECODE_MIN_GIB * 2**30
 
@@ -294,9 +282,9 @@ def check_disk(output: Path, work: Path, video_bytes: int, latent_bytes: int) ->
 def prepare(request: RenderRequest) -> Job:
     """Check and load every input, decide where to resume and how to decode; never touches a model."""
     settings, plan = request.settings, request.plan
+    sampler = sampler_settings(settings)
     device, dtype = resolve_device(settings.device), DTYPES[settings.dtype]
     accel = accel_settings(settings.compile, settings.attention, settings.fp8, settings.offload, device)
-    sampler = replace(sampler_settings(settings), cuda_graphs=cuda_graphs(accel, device))
     count = len(plan.windows)
     only = parse_windows(request.only_windows, count) if request.only_windows is not None else ()
     if only and not request.resume:

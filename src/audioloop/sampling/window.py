@@ -18,7 +18,6 @@ from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor
 
 from audioloop.sampling.adain import per_step_adain
-from audioloop.sampling.graphs import replayed
 from audioloop.sampling.layout import WindowLayout, crop_guides
 from audioloop.sampling.nag import NagSettings, nag_attention, nag_text
 from audioloop.sampling.sampler import DISTILLED_SIGMAS, VelocityFn, check_sigmas, denoise, get_noise
@@ -26,14 +25,12 @@ from audioloop.sampling.sampler import DISTILLED_SIGMAS, VelocityFn, check_sigma
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """How a window is sampled: the sigma schedule, NAG (None = off), per-step AdaIN factors by step, and
-    whether its transformer calls replay as a CUDA graph (`sampling/graphs.py`; a speed choice only)."""
+    """How a window is sampled: the sigma schedule, NAG (None = off), per-step AdaIN factors by step."""
 
     sigmas: tuple[float, ...] = DISTILLED_SIGMAS
     nag: NagSettings | None = field(default_factory=NagSettings)
     per_step_adain: tuple[float, ...] = ()
     per_step_adain_per_frame: bool = False
-    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a schedule the sampler cannot walk."""
@@ -63,17 +60,15 @@ def _velocity_fn(
     audio: Tensor,
     text_video: Tensor,
     text_audio: Tensor,
-    cuda_graphs: bool = False,
 ) -> VelocityFn:
-    """The video velocity of one transformer call with the audio frozen at timestep 0; with `cuda_graphs`,
-    the calls after the first replay as one CUDA graph (the schedule sigma reaches it through a tensor)."""
+    """The video velocity of one transformer call with the audio frozen at timestep 0."""
     dtype = audio.dtype
     coords = layout.video_coords.to(audio.device)
     audio_timestep = torch.zeros(1, device=audio.device, dtype=torch.float32)
-    scaled_sigma = torch.zeros(1, device=audio.device, dtype=torch.float32)
 
-    def call(x: Tensor, timesteps: Tensor) -> Tensor:
-        """Video velocity at state x and per-token timesteps, at the sigma in `scaled_sigma`."""
+    def velocity(x: Tensor, timesteps: Tensor, sigma: float) -> Tensor:
+        """Video velocity at state x, per-token timesteps and schedule sigma."""
+        scaled_sigma = torch.full((1,), 1000.0 * sigma, device=audio.device, dtype=torch.float32)
         video_velocity, _ = transformer(
             hidden_states=x.to(dtype),
             audio_hidden_states=audio,
@@ -89,13 +84,6 @@ def _velocity_fn(
             return_dict=False,
         )
         return video_velocity.to(x.dtype)
-
-    step = replayed(call, cuda_graphs)
-
-    def velocity(x: Tensor, timesteps: Tensor, sigma: float) -> Tensor:
-        """Video velocity at state x, per-token timesteps and schedule sigma."""
-        scaled_sigma.fill_(1000.0 * sigma)
-        return step(x, timesteps)
 
     return velocity
 
@@ -135,7 +123,6 @@ def sample_window(
         audio_tokens.to(device=device, dtype=dtype),
         text_video.to(device=device, dtype=dtype),
         text_audio.to(device=device, dtype=dtype),
-        settings.cuda_graphs and device.type == "cuda",
     )
     hook = per_step_adain(layout, reference, settings.per_step_adain, settings.per_step_adain_per_frame)
     noise = get_noise(layout.clean.shape, seed, layout.clean.dtype, device)
