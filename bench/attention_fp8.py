@@ -5,7 +5,8 @@ Q, K, V are e4m3 with one scale per tensor (amax/448), read in the [B, S, H, D] 
 O comes back in e4m3 (bf16 O is Blackwell-only), scaled by 448/amax(V), and is dequantised to bf16.
 Errors are ‖out − ref‖/‖ref‖ over the first 1,024 query rows against fp32 attention of the unquantised
 inputs, for unit-RMS q, k rows (flat attention: the worst case for 8-bit probabilities) and for q scaled
-×4 (peaked attention).
+×4 (peaked attention). cudnn-frontend is not an audioloop dependency: fetch its wheel for the device with
+`../shared/tools/gpu-wheels nvidia-cudnn-frontend==1.32.0`.
 
     python bench/attention_fp8.py --out $OUT
 """
