@@ -21,7 +21,7 @@ from diffusers.models.activations import GELU
 from diffusers.models.attention import FeedForward
 from torch import Tensor, nn
 
-from audioloop.models.gelu import gelu_tanh
+from audioloop.models.gelu import CUBIC, SQRT_2_OVER_PI, gelu_tanh
 
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 MAX_ROW = 16384  # a row in registers: 32 fp32 values a thread at 16 warps; longer rows take the PyTorch path
@@ -102,11 +102,20 @@ def triton_gelu_quantize_rows() -> RowQuantizer | None:
         return None
 
     @triton.jit
-    def kernel(x_ptr, q_ptr, s_ptr, K: tl.constexpr, BLOCK: tl.constexpr, LIMIT: tl.constexpr):
+    def kernel(
+        x_ptr,
+        q_ptr,
+        s_ptr,
+        K: tl.constexpr,
+        BLOCK: tl.constexpr,
+        LIMIT: tl.constexpr,
+        TWO_C: tl.constexpr,
+        CUBIC: tl.constexpr,
+    ):
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
         x = tl.load(x_ptr + row * K + offs, mask=offs < K, other=0.0).to(tl.float32)
-        g = x / (1.0 + tl.exp(-1.5957691216057308 * (x + 0.044715 * x * x * x)))
+        g = x / (1.0 + tl.exp(-TWO_C * (x + CUBIC * x * x * x)))  # x·σ(2u), as gelu_tanh
         amax = tl.maximum(tl.max(tl.abs(g), 0), 1e-12)
         q = tl.clamp(g * (LIMIT / amax), -LIMIT, LIMIT)
         tl.store(q_ptr + row * K + offs, q.to(tl.float8e4nv), mask=offs < K)
@@ -117,7 +126,17 @@ def triton_gelu_quantize_rows() -> RowQuantizer | None:
         m, k = x.shape
         q = torch.empty(m, k, device=x.device, dtype=torch.float8_e4m3fn)
         s = torch.empty(m, 1, device=x.device, dtype=torch.float32)
-        kernel[(m,)](x, q, s, K=k, BLOCK=triton.next_power_of_2(k), LIMIT=FP8_MAX, num_warps=16)
+        kernel[(m,)](
+            x,
+            q,
+            s,
+            K=k,
+            BLOCK=triton.next_power_of_2(k),
+            LIMIT=FP8_MAX,
+            TWO_C=2.0 * SQRT_2_OVER_PI,
+            CUBIC=CUBIC,
+            num_warps=16,
+        )
         return q, s
 
     return launch

@@ -15,12 +15,13 @@ from diffusers.models.activations import GELU
 from torch import Tensor, nn
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+CUBIC = 0.044715  # u = √(2/π)(x + CUBIC·x³)
 
 
 def gelu_tanh(x: Tensor) -> Tensor:
     """F.gelu(x, approximate="tanh"), computed in fp32 as x·σ(2u) and returned in x's dtype."""
     y = x.float()
-    return (y * torch.sigmoid(2.0 * SQRT_2_OVER_PI * (y + 0.044715 * y * y * y))).to(x.dtype)
+    return (y * torch.sigmoid(2.0 * SQRT_2_OVER_PI * (y + CUBIC * y * y * y))).to(x.dtype)
 
 
 def use_sigmoid_gelu(model: nn.Module) -> int:
