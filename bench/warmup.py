@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -89,7 +90,7 @@ def child(args: argparse.Namespace) -> None:
     vae = video_vae(args, dev)
     if not args.tiny:
         vae_decoder.install(vae.decoder)
-    warm = lambda: warm_decoder(vae, args.height // 32, args.width // 32)  # noqa: E731
+    warm = partial(warm_decoder, vae, args.height // 32, args.width // 32)
     res["decoder warm-up"] = run.attempt("decoder warm-up", lambda: first_and_repeat(warm, dev))
     if args.precompile:
         began = time.perf_counter()
