@@ -28,7 +28,7 @@ import torch
 
 from audioloop.models.accel import AccelSettings, accelerate
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
-from step_variants import build, sampler, warmed, window
+from step_variants import build, sampler, warmed, window, window_options
 from timing import Run
 from window_step import stock_call
 
@@ -100,14 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fp8", action="store_true", help="the render's --fp8 (recipe 'all')")
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--frames", type=int, default=497)
-    parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--text-tokens", type=int, default=1024)
+    window_options(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--deadline", type=float, default=300.0)
-    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (tests this script)")
     args = parser.parse_args()
     os.environ.setdefault("AUDIOLOOP_CACHE_DIR", "/tmp/audioloop-gaps-cache")
     run = Run(args, "sampler_gaps")

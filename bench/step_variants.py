@@ -119,6 +119,16 @@ def measure(bench: Bench, fn: Callable[[], object], repeats: int, per: int = 1, 
     return record
 
 
+def window_options(parser: argparse.ArgumentParser) -> None:
+    """The options `window` and `build` read: the render's shape, fps and text length, and --tiny."""
+    parser.add_argument("--width", type=int, default=832)
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--frames", type=int, default=497)
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--text-tokens", type=int, default=1024)
+    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (tests this script)")
+
+
 def window(model: nn.Module, kind: str, args: argparse.Namespace, device: torch.device) -> dict:
     """Random latents and text of the real shapes for window 0 ("first") or a window ≥ 1 ("next")."""
     cfg = model.config
@@ -637,11 +647,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--parts", default="bf16,fp8")
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--frames", type=int, default=497)
-    parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--text-tokens", type=int, default=1024)
+    window_options(parser)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--attentions", default="sdpa,cudnn,flash")
     parser.add_argument(
@@ -657,7 +663,6 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/audioloop-bench-cache"))
     parser.add_argument("--deadline", type=float, default=560.0, help="seconds; later parts are skipped")
     parser.add_argument("--skip", default="", help="measurements to leave out, comma-separated names")
-    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (tests this script)")
     parser.add_argument("--warm-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.attentions = args.attentions.split(",")

@@ -34,7 +34,7 @@ from audioloop.models.accel import AccelSettings, accelerate
 from audioloop.models.configs import VIDEO_VAE_2_3
 from audioloop.models.latents import warm_decoder
 from audioloop.models.tiny import tiny_video_vae
-from step_variants import build, sampler, window
+from step_variants import build, sampler, window, window_options
 from timing import Run, wall
 
 PHASES = 12  # the longest Dynamo phases kept per first call
@@ -104,13 +104,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fp8", action="store_true", help="the render's --fp8 (recipe 'all')")
-    parser.add_argument("--width", type=int, default=832)
-    parser.add_argument("--height", type=int, default=480)
-    parser.add_argument("--frames", type=int, default=497)
-    parser.add_argument("--fps", type=float, default=25.0)
-    parser.add_argument("--text-tokens", type=int, default=1024)
+    window_options(parser)
     parser.add_argument("--deadline", type=float, default=400.0)
-    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (tests this script)")
     parser.add_argument(
         "--precompile", action="store_true", help="Dynamo's caching precompile (experimental)"
     )
