@@ -14,6 +14,7 @@ from torch import nn
 
 from audioloop.models import accel, fp8
 from audioloop.models.tiny import tiny_transformer
+from audioloop.sampling.layout import refine_window
 from tiny_inputs import sample, window_inputs
 
 CUDA = torch.cuda.is_available()
@@ -76,21 +77,38 @@ def test_quantize_fp8_swaps_only_the_named_linears_and_the_model_still_runs(mode
     assert (out.float() - ref.float()).norm() / ref.float().norm() < 0.25
 
 
-def test_compiled_blocks_build_one_graph_per_window_layout_and_never_recompile(model) -> None:
+def test_compiled_blocks_build_one_graph_for_every_window_layout_and_never_recompile(model) -> None:
     compiled = copy.deepcopy(model)
     accel.compile_blocks(compiled, backend="eager")
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters["stats"]
     windows = window_inputs()
+    tile = refine_window(torch.randn(1, 8, 4, 4, 6, generator=torch.Generator().manual_seed(3)), 1, 25.0)
+    windows.append({**windows[1], "layout": tile})  # a stage-2 tile: twice the rows and columns, no guide
+    assert len({x["layout"].clean.shape[1] for x in windows}) == 3
     before = counters["unique_graphs"]
     first = [sample(compiled, x) for x in windows]
-    assert counters["unique_graphs"] - before == 2  # window 0 and window i; both blocks share each graph
+    assert counters["unique_graphs"] - before == 1  # the token count is symbolic; every block shares it
     for _ in range(2):  # more windows, NAG installed and removed around each: no recompiles
         again = [sample(compiled, x) for x in windows]
-    assert counters["unique_graphs"] - before == 2
+    assert counters["unique_graphs"] - before == 1
     for got, want, x in zip(again, first, windows, strict=True):
         torch.testing.assert_close(got, want)
         torch.testing.assert_close(got, sample(model, x))
+
+
+def test_a_window_beyond_the_token_bound_compiles_a_static_graph_of_its_own(model, monkeypatch) -> None:
+    compiled = copy.deepcopy(model)
+    accel.compile_blocks(compiled, backend="eager")
+    torch._dynamo.reset()
+    windows = window_inputs()  # 24 and 30 tokens
+    monkeypatch.setattr(accel, "MAX_VIDEO_TOKENS", 24)
+    counters = torch._dynamo.utils.counters["stats"]
+    before = counters["unique_graphs"]
+    got = [sample(compiled, x) for x in windows + windows]
+    assert counters["unique_graphs"] - before == 2
+    for out, x in zip(got, windows + windows, strict=True):
+        torch.testing.assert_close(out, sample(model, x))
 
 
 def test_accelerate_without_compile_leaves_the_numbers_alone(model) -> None:

@@ -4,10 +4,11 @@ offload.
 Everything acts on a loaded `LTX2VideoTransformer3DModel` in place, through `accelerate(transformer, settings,
 device)`, and leaves its forward signature alone, so the sampler runs unchanged.
 
-- Compile: each of the 48 blocks' `forward` goes through `torch.compile(fullgraph=True, dynamic=False)`. The
-  blocks share one code object, hence one graph per input layout: window 0 and windows ≥ 1 (one more frame of
-  guide tokens) compile once each, and nothing else varies between steps (sigmas arrive as tensors). Hooks
-  stay outside the compiled region, which is what lets the offload streamer run around it. Compiled, the
+- Compile: each of the 48 blocks' `forward` goes through `torch.compile(fullgraph=True, dynamic=False)`, with
+  the video token count marked symbolic by a pre-hook (window 0 has one frame of guide tokens fewer than
+  windows ≥ 1). The blocks share one code object, hence one graph for every layout, traced once a process;
+  nothing else varies between steps (sigmas arrive as tensors). Hooks stay outside the compiled region,
+  which is what lets the offload streamer run around it. Compiled, the
   FFs' tanh GELU is written as x·σ(2u) (`models/gelu.py`): one exp where libdevice's tanh was the bound,
   and every row reduction of up to 4,096 elements (the norms, the FP8 row quantisation) holds its row in
   registers (`models/reductions.py`): one read of the row instead of one per dependent reduction.
@@ -36,6 +37,7 @@ import os
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -46,8 +48,9 @@ from torch import Tensor, nn
 from audioloop.models.attention import use_rotary_attention
 from audioloop.models.fp8 import Fp8Linear, use_fused_gelu
 from audioloop.models.gelu import use_sigmoid_gelu
-from audioloop.models.modulation import use_two_level_modulation
+from audioloop.models.modulation import TokenLevels, use_two_level_modulation
 from audioloop.models.reductions import use_persistent_rows
+from audioloop.models.rope import RopeIndex
 from audioloop.workdir import cache_dir
 
 # Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call.
@@ -72,6 +75,8 @@ VIDEO_LINEARS = (
     "ff.net.0.proj",
     "ff.net.2",
 )
+# Video tokens a compiled block graph takes: the FF's [N, 4·4096] stays under 2³¹ elements (int32 indices).
+MAX_VIDEO_TOKENS = (2**31 - 1) // (4 * 4096)
 
 
 @dataclass(frozen=True)
@@ -144,9 +149,37 @@ def use_compile_cache(path: Path) -> Path:
 
 
 def compile_blocks(transformer: LTX2VideoTransformer3DModel, backend: str = "inductor") -> None:
-    """Compile each block's forward with static shapes: one graph per window layout, shared by all blocks."""
+    """Compile each block's forward with static shapes except the video token count and the RoPE tables'
+    distinct positions (`mark_video_tokens`): one graph for every window layout, shared by all blocks."""
+    levels = getattr(transformer.time_embed, "levels", None)
     for block in transformer.transformer_blocks:
         block.forward = torch.compile(block.forward, fullgraph=True, dynamic=False, backend=backend)
+        block.register_forward_pre_hook(partial(mark_video_tokens, levels), with_kwargs=True)
+
+
+def mark_video_tokens(levels: TokenLevels | None, _block: nn.Module, _args: tuple, kwargs: dict) -> None:
+    """Make a block call's video token dims symbolic for Dynamo (a pre-hook): window 0 has one latent frame
+    of tokens fewer than windows ≥ 1 (no guide) and one distinct time position fewer, and nothing else of
+    a call differs, so one graph serves both, traced once a process instead of twice. Marked: dim 1 of the
+    per-token inputs (hidden states; stock diffusers' per-token modulation), the token levels, dim 2 of
+    the video RoPE (full tables, or compact tables and their index). The bound keeps the widest per-token
+    tensor (the FF's 4·4096) within int32 indexing; a larger window compiles a graph of its own."""
+
+    def mark(tensor: Tensor, dim: int) -> None:
+        torch._dynamo.mark_dynamic(tensor, dim, min=2, max=MAX_VIDEO_TOKENS)
+
+    tokens = kwargs["hidden_states"].shape[1]
+    if tokens > MAX_VIDEO_TOKENS:
+        return
+    for value in kwargs.values():
+        if isinstance(value, Tensor) and value.ndim > 1 and value.shape[1] == tokens:
+            mark(value, 1)
+    for name in ("video_rotary_emb", "ca_video_rotary_emb"):
+        rope = kwargs.get(name)
+        for tensor in (rope.cos, rope.sin, rope.index) if isinstance(rope, RopeIndex) else rope or ():
+            mark(tensor, 2)
+    if levels is not None and levels.top is not None:
+        mark(levels.top, 1)
 
 
 def set_attention(transformer: LTX2VideoTransformer3DModel, name: str) -> None:
