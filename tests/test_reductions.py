@@ -3,6 +3,7 @@ records, and (CUDA) that the compiled norm is one persistent kernel with the eag
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ from torch._inductor.choices import InductorChoices
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
 
-from audioloop.models.reductions import ROW_LIMIT, PersistentRows, use_persistent_rows
+from audioloop.models.reductions import ROW_LIMIT, TAG_VARIABLE, PersistentRows, use_persistent_rows
 
 
 class Sizes:
@@ -43,8 +44,9 @@ def graph():
 
 
 @pytest.fixture
-def restore():
+def restore(monkeypatch: pytest.MonkeyPatch):
     tag = torch.compiler.config.cache_key_tag
+    monkeypatch.delenv(TAG_VARIABLE, raising=False)
     yield
     use_persistent_rows(0)
     torch.compiler.config.cache_key_tag = tag
@@ -94,6 +96,19 @@ def test_the_users_cache_tag_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     assert torch.compiler.config.cache_key_tag == f"mine+audioloop-persistent-rows-{ROW_LIMIT}"
     use_persistent_rows(0)
     assert torch.compiler.config.cache_key_tag == "mine"
+
+
+@pytest.mark.usefixtures("graph", "restore")
+def test_the_tag_reaches_compile_workers_through_the_environment_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(TAG_VARIABLE, "mine")
+    use_persistent_rows(2048)
+    use_persistent_rows()
+    assert os.environ[TAG_VARIABLE] == torch.compiler.config.cache_key_tag
+    assert os.environ[TAG_VARIABLE] == f"mine+audioloop-persistent-rows-{ROW_LIMIT}"
+    use_persistent_rows(0)
+    assert os.environ[TAG_VARIABLE] == "mine"
 
 
 def norm(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

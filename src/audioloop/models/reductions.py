@@ -23,10 +23,13 @@ ROW_LIMIT = 4096  # the video stream's width; the FP8 FFs' [16384] rows have the
 # Contiguous rows, and rows inductor cannot classify: the gated attention output quantised before to_out, read
 # through the attention kernel's [B, H, T, D] view, is one of those (a looped kernel at 0.76 TB/s otherwise).
 ROW_HINTS = (ReductionHint.INNER, ReductionHint.DEFAULT)
+TAG_VARIABLE = "TORCH_COMPILE_CACHE_KEY_TAG"  # torch.compiler.config.cache_key_tag's default, read at import
 
 
 class PersistentRows(InductorChoices):
     """Inductor's heuristics, except that row reductions of up to `limit` elements are persistent."""
+
+    TAG_PREFIX = "audioloop-persistent-rows-"
 
     def __init__(self, limit: int = ROW_LIMIT) -> None:
         """Persistent row reductions up to `limit` elements."""
@@ -49,14 +52,26 @@ class PersistentRows(InductorChoices):
 
     def uuid(self) -> str:
         """What the compile cache key records of these heuristics."""
-        return f"audioloop-persistent-rows-{self.limit}"
+        return f"{self.TAG_PREFIX}{self.limit}"
 
 
 def use_persistent_rows(limit: int = ROW_LIMIT) -> None:
     """Compile from now on with `PersistentRows(limit)` (0: inductor's own heuristics), on every thread,
-    and add it to the compile cache's key tag (after the user's TORCH_COMPILE_CACHE_KEY_TAG, if any)."""
+    and add it to the compile cache's key tag (after the user's TORCH_COMPILE_CACHE_KEY_TAG, if any).
+
+    The tag goes into the environment too: inductor's compile workers are subprocesses that read it when
+    they import torch, and they key each kernel's saved best config. Without it they saved under a key
+    the next process never looked up, and every warm process benchmarked its kernels' configs again."""
     choices = PersistentRows(limit) if limit else InductorChoices()
     torch._inductor.config.inductor_choices_class = partial(PersistentRows, limit) if limit else None
     V.set_choices_handler(choices)  # this thread may have made its handler already
-    tags = [os.environ.get("TORCH_COMPILE_CACHE_KEY_TAG", ""), choices.uuid() if limit else ""]
-    torch.compiler.config.cache_key_tag = "+".join(tag for tag in tags if tag)
+    tags = [*users_tags(), choices.uuid() if limit else ""]
+    tag = "+".join(tag for tag in tags if tag)
+    torch.compiler.config.cache_key_tag = tag
+    os.environ[TAG_VARIABLE] = tag
+
+
+def users_tags() -> list[str]:
+    """The parts of TORCH_COMPILE_CACHE_KEY_TAG that an earlier `use_persistent_rows` did not add."""
+    tags = os.environ.get(TAG_VARIABLE, "").split("+")
+    return [tag for tag in tags if not tag.startswith(PersistentRows.TAG_PREFIX)]
