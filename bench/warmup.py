@@ -5,7 +5,8 @@ Each child builds the transformer as the render does (`accel.accelerate`) and ti
 one-step call per window layout (window 0, then a window ≥ 1) against a repeat, with the phases Dynamo
 times (`dynamo_timed`) during the first call; then the first and a second eager attention call at a
 shape no layout uses (what building a cuDNN plan costs); then the fused decoder's warm-up, as the
-render runs it, against a repeat.
+render runs it, against a repeat. Every inductor kernel that benchmarks its configs (an autotune cache
+miss) is listed with its cache state and seconds: a warm process should list none.
 
     python bench/warmup.py --out $OUT --fp8
     python bench/warmup.py --out /tmp/w --tiny --width 64 --height 64 --frames 97   # CPU smoke test
@@ -27,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Video
+from torch._inductor.runtime.autotune_cache import AutotuneCache
+from torch._inductor.runtime.triton_heuristics import CachingAutotuner, hash_configs
 
 import fullsize
 from audioloop.models import decoder as vae_decoder
@@ -48,6 +51,42 @@ def phases_of(fn: Callable[[], object], device: torch.device) -> dict:
     grown = {name: sum(times) - before.get(name, 0.0) for name, times in metrics.items()}
     top = sorted(((s, n) for n, s in grown.items() if s > 1e-3), reverse=True)[:PHASES]
     return {"wall_s": seconds, "phases_s": {name: round(s, 3) for s, name in top}}
+
+
+def record_autotuning(log: list[dict]) -> None:
+    """Append each inductor kernel's config benchmark to `log`: its name, autotune cache state, number
+    of configs, the seconds, its file, and its best-config file's path and content (if it exists), its
+    configs hash and the cache key tag: what a miss in a warm process differs in."""
+    benchmark = CachingAutotuner.benchmark_all_configs
+
+    def timed(self: CachingAutotuner, *args: object, **kwargs: object) -> dict:
+        began = time.perf_counter()
+        timings = benchmark(self, *args, **kwargs)
+        info = self.autotune_cache_info or {}
+        cache = getattr(self.save_cache_hook, "__self__", None)
+        best = Path(cache.local_cache[1]) if cache is not None and cache.local_cache else None
+        stored = json.loads(best.read_text()) if best is not None and best.exists() else {}
+        compiled = hash_configs([result.config for result in self.compile_results])
+        lookup = AutotuneCache.create(self.inductor_meta, self.filename, compiled)
+        log.append(
+            {
+                "kernel": self.inductor_meta.get("kernel_name"),
+                "state": info.get("autotune_cache_state"),
+                "configs": len(timings),
+                "s": round(time.perf_counter() - began, 4),
+                "file": getattr(self, "filename", None),
+                "best_config": str(best),
+                "stored": stored,
+                "configs_hash": cache.configs_hash if cache is not None else None,
+                "tag": torch.compiler.config.cache_key_tag,
+                "compiled_configs_hash": compiled,
+                "lookup": lookup.local_cache[1] if lookup is not None and lookup.local_cache else None,
+                "meta_local_cache": self.inductor_meta.get("autotune_local_cache"),
+            }
+        )
+        return timings
+
+    CachingAutotuner.benchmark_all_configs = timed
 
 
 def first_and_repeat(fn: Callable[[], object], device: torch.device) -> dict:
@@ -78,6 +117,8 @@ def child(args: argparse.Namespace) -> None:
     if args.precompile and hasattr(torch._functorch.config, "bundled_autograd_cache"):
         torch._functorch.config.bundled_autograd_cache = True
     dev, res = run.device, run.results
+    res["autotuned"] = []
+    record_autotuning(res["autotuned"])
     began = time.perf_counter()
     model = build(args, dev)
     accelerate(model, AccelSettings(fp8="all" if args.fp8 else None, compile=not args.tiny), dev)
@@ -92,6 +133,7 @@ def child(args: argparse.Namespace) -> None:
         vae_decoder.install(vae.decoder)
     warm = partial(warm_decoder, vae, args.height // 32, args.width // 32)
     res["decoder warm-up"] = run.attempt("decoder warm-up", lambda: first_and_repeat(warm, dev))
+    res["best_configs_in_cache"] = len(list(Path(os.environ["AUDIOLOOP_CACHE_DIR"]).rglob("*.best_config")))
     if args.precompile:
         began = time.perf_counter()
         torch.compiler.save_cache_artifacts()
@@ -126,7 +168,9 @@ def main() -> None:
         summary[start] = json.loads(path.read_text()) if path.exists() else {"exit": done.returncode}
     for start, res in summary.items():
         steps = {k: round(res[k]["first_cost_s"], 2) for k in ("step first", "step next") if res.get(k)}
-        print(start, f"setup {res.get('setup_s', 0):.1f} s", steps, flush=True)
+        tuned = res.get("autotuned", [])
+        tuning = f"{len(tuned)} kernels autotuned, {sum(t['s'] for t in tuned):.2f} s"
+        print(start, f"setup {res.get('setup_s', 0):.1f} s", steps, tuning, flush=True)
 
 
 if __name__ == "__main__":
