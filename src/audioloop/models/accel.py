@@ -27,7 +27,8 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
 
 Measured at 832×480×497 on an H200 (bench/RESULTS.md, tenth session): compiled bf16 0.746× the stock step,
 FP8 "all" 0.588×, offload 1.006× / 0.995× its resident mode at 4.0 / 3.5 GiB; peaks bf16 37.2 GiB (39.35 GiB
-at 1280×704), FP8 20.1 GiB (22.5 GiB); a second process warms up in 8 s (bf16) / 12 s (FP8, H100).
+at 1280×704), FP8 20.1 GiB (22.5 GiB). A second process's FP8 warm-up (thirteenth session): window 0's
+layout 6.5 s, window 1's 0.1 s (one graph), the decoder 2.5 s.
 """
 
 from __future__ import annotations
