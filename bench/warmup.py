@@ -55,13 +55,15 @@ def phases_of(fn: Callable[[], object], device: torch.device) -> dict:
 
 def record_autotuning(log: list[dict]) -> None:
     """Append each inductor kernel's config benchmark to `log`: its name, autotune cache state, number
-    of configs, the seconds, its file, and its best-config file's path and content (if it exists), its
-    configs hash and the cache key tag: what a miss in a warm process differs in."""
+    of configs, the seconds, its file; the best-config file its cache saves to (with its content, if it
+    exists) and the one a lookup in this process reads, with both configs hashes and the cache key tag:
+    what a miss in a warm process differs in."""
     benchmark = CachingAutotuner.benchmark_all_configs
 
     def timed(self: CachingAutotuner, *args: object, **kwargs: object) -> dict:
         began = time.perf_counter()
         timings = benchmark(self, *args, **kwargs)
+        seconds = time.perf_counter() - began
         info = self.autotune_cache_info or {}
         cache = getattr(self.save_cache_hook, "__self__", None)
         best = Path(cache.local_cache[1]) if cache is not None and cache.local_cache else None
@@ -73,7 +75,7 @@ def record_autotuning(log: list[dict]) -> None:
                 "kernel": self.inductor_meta.get("kernel_name"),
                 "state": info.get("autotune_cache_state"),
                 "configs": len(timings),
-                "s": round(time.perf_counter() - began, 4),
+                "s": round(seconds, 4),
                 "file": getattr(self, "filename", None),
                 "best_config": str(best),
                 "stored": stored,
