@@ -50,7 +50,7 @@ from audioloop.models.tiny import tiny_transformer
 from audioloop.sampling.layout import first_window, next_window
 from audioloop.sampling.sampler import DISTILLED_SIGMAS
 from audioloop.sampling.window import SamplerSettings, sample_window
-from timing import Run, summary, wall
+from timing import Run, peak_gib, summary, wall
 from window_step import stock_call
 
 GiB = 2**30
@@ -110,10 +110,7 @@ def measure(bench: Bench, fn: Callable[[], object], repeats: int, per: int = 1, 
     step = summary(timed(fn, repeats, bench.device), per)
     record = {"first_call_s": first, "step": step, "graphs_compiled": graphs() - before}
     if bench.device.type == "cuda" and warm:
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        record["peak_gib"] = torch.cuda.max_memory_allocated() / GiB
+        record["peak_gib"] = peak_gib(fn, bench.device)
         record["resident_gib"] = torch.cuda.memory_allocated() / GiB
     record["compile_s"] = max(0.0, first - step["median"] * per)
     return record

@@ -77,6 +77,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def peak_gib(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak GPU memory (GiB) allocated during one call of fn (0 off CUDA)."""
+    if device.type != "cuda":
+        return 0.0
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
 def wall(fn: Callable[[], object], device: torch.device) -> float:
     """Host seconds of one call until the device is done (includes any compile it triggers)."""
     sync(device)

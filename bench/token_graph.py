@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -26,9 +25,8 @@ from audioloop.models import accel
 from audioloop.models.accel import AccelSettings, accelerate
 from audioloop.models.rope import CompactRope
 from step_variants import build, graphs, sampler, timed, window, window_options
-from timing import Run, summary, wall
+from timing import Run, peak_gib, summary, wall
 
-GiB = 2**30
 # Static shapes as the previous compile_blocks had them, with a default inductor option spelt out: a backend
 # unequal to the symbolic one, so Dynamo keeps each variant's graphs apart on the one block code object.
 STATIC = {"fullgraph": True, "dynamic": False, "options": {"triton.cudagraphs": False}}
@@ -70,16 +68,6 @@ class Variants:
 def _marks(hook: object) -> bool:
     """Whether a pre-hook is compile_blocks' token marking."""
     return isinstance(hook, partial) and hook.func is accel.mark_video_tokens
-
-
-def peak_gib(fn: Callable[[], object], device: torch.device) -> float:
-    """Peak GPU memory of one call (0 on the CPU)."""
-    if device.type != "cuda":
-        return 0.0
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / GiB
 
 
 def first_calls(run: Run, variants: Variants, calls: dict, name: str) -> dict:

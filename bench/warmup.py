@@ -76,7 +76,7 @@ def record_autotuning(log: list[dict]) -> None:
                 "state": info.get("autotune_cache_state"),
                 "configs": len(timings),
                 "s": round(seconds, 4),
-                "file": getattr(self, "filename", None),
+                "file": self.filename,
                 "best_config": str(best),
                 "stored": stored,
                 "configs_hash": cache.configs_hash if cache is not None else None,

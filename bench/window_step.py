@@ -23,7 +23,7 @@ from audioloop.sampling.layout import next_window
 from audioloop.sampling.nag import NagAttnProcessor, NagSettings, combine, nag_combine, nag_text
 from audioloop.sampling.sampler import DISTILLED_SIGMAS, token_timesteps
 from audioloop.sampling.window import SamplerSettings, sample_window
-from timing import summary
+from timing import peak_gib, summary
 
 GiB = 2**30
 
@@ -41,15 +41,6 @@ def cuda_time(fn, repeats: int, warmup: int = 1) -> list[float]:
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end) / 1000)
     return times
-
-
-def peak(fn) -> float:
-    """Peak GPU memory (GiB) allocated while fn runs."""
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / GiB
 
 
 def inputs(width: int, height: int, frames: int, fps: float, ov_lat: int, device: str) -> dict:
@@ -173,10 +164,10 @@ def main() -> None:
     }
     sampler_call(model, x, one_step)()  # warm-up: kernels, cuDNN plans, allocator
     results["stock_step"] = summary(cuda_time(stock_call(model, x), args.repeats + 2))
-    results["stock_peak_gib"] = peak(stock_call(model, x))
+    results["stock_peak_gib"] = peak_gib(stock_call(model, x), torch.device("cuda"))
     for name, settings in (("sampler_step_nag", nag_on), ("sampler_step_no_nag", nag_off)):
         results[name] = summary(cuda_time(sampler_call(model, x, settings), args.repeats, warmup=0), steps)
-    results["sampler_peak_gib"] = peak(sampler_call(model, x, one_step))
+    results["sampler_peak_gib"] = peak_gib(sampler_call(model, x, one_step), torch.device("cuda"))
     results["text_attn_stock"] = summary(cuda_time(text_attention_calls(model, x, False), 10))
     results["text_attn_nag"] = summary(cuda_time(text_attention_calls(model, x, True), 10))
     results["nag_combine_rel_error_vs_fp64"] = fused_nag_error(results["video_tokens"])
