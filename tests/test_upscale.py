@@ -449,7 +449,11 @@ def test_an_unfinished_render_is_refused_with_what_to_do(rendered: Path, tmp_pat
         (["--sigmas", "1,2"], 2, "--sigmas 1,2: sigmas must lie in [0, 1]"),
         (["--fp8"], 2, "--fp8 needs an NVIDIA GPU with FP8 (Ada/Hopper), not cpu; drop --fp8"),
         (["--offload"], 2, "--offload needs an NVIDIA GPU, not cpu; drop --offload"),
-        (["--attention", "xformers"], 2, "--attention xformers: choose one of sdpa, cudnn, flash, efficient"),
+        (
+            ["--attention", "xformers"],
+            2,
+            "--attention xformers: choose one of sdpa, cudnn, flash, efficient, fa4",
+        ),
         (["--dtype", "float64"], 2, "--dtype float64: use one of"),
         (["-o", "big.avi"], 1, "unsupported output type '.avi'"),
     ],

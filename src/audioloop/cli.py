@@ -46,7 +46,11 @@ CompileOpt = Annotated[
     ),
 ]
 AttentionOpt = Annotated[
-    str | None, typer.Option("--attention", help="Attention kernel: sdpa, cudnn, flash or efficient.")
+    str | None,
+    typer.Option(
+        "--attention",
+        help="Attention kernel: sdpa, cudnn, flash, efficient or fa4 (Hopper, Blackwell; audioloop[fa4]).",
+    ),
 ]
 Fp8Opt = Annotated[
     bool | None,

@@ -46,7 +46,8 @@ from diffusers import LTX2VideoTransformer3DModel
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 from torch import Tensor, nn
 
-from audioloop.models.attention import use_rotary_attention
+from audioloop.models import flash4
+from audioloop.models.attention import RotaryAttnProcessor, use_rotary_attention
 from audioloop.models.fp8 import Fp8Linear, use_fused_gelu
 from audioloop.models.gelu import use_sigmoid_gelu
 from audioloop.models.modulation import TokenLevels, use_two_level_modulation
@@ -54,12 +55,14 @@ from audioloop.models.reductions import use_persistent_rows
 from audioloop.models.rope import RopeIndex
 from audioloop.workdir import cache_dir
 
-# Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call.
+# Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call; "fa4" is ours
+# (`models/flash4.py`) for the RoPE attentions' unmasked calls, and SDPA's choice for every other call.
 ATTENTION = {
     "sdpa": "native",
     "cudnn": "_native_cudnn",
     "flash": "_native_flash",
     "efficient": "_native_efficient",
+    flash4.NAME: "native",
 }
 # The linears of a block that run on video tokens (M = 24,960 rows at 832×480): 99% of its matmul FLOPs.
 VIDEO_LINEARS = (
@@ -127,9 +130,12 @@ class AccelSettings:
 
 
 def check_device(settings: AccelSettings, device: torch.device) -> None:
-    """Refuse FP8 and offload where they cannot run: both need CUDA, FP8 also FP8 matmuls (sm_89+)."""
+    """Refuse FP8, offload and FA4 where they cannot run: all need CUDA, FP8 also FP8 matmuls (sm_89+),
+    FA4 a Hopper or Blackwell GPU and its package."""
     if (settings.fp8 or settings.offload) and device.type != "cuda":
         raise ValueError(f"--fp8 and --offload need a CUDA device, not {device}")
+    if settings.attention == flash4.NAME and (why := flash4.missing(device)):
+        raise ValueError(why)
     if settings.fp8 and torch.cuda.get_device_capability(device) < (8, 9):
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"--fp8 needs FP8 matmuls (Ada or Hopper, sm_89+); {name} has none")
@@ -190,6 +196,10 @@ def set_attention(transformer: LTX2VideoTransformer3DModel, name: str) -> None:
     active, _ = _AttentionBackendRegistry.get_active_backend()
     transformer.set_attention_backend(ATTENTION[name])
     _AttentionBackendRegistry.set_active_backend(active)
+    if name == flash4.NAME:  # only `attend` knows the name: set where the processor calls it
+        for module in transformer.modules():
+            if isinstance(getattr(module, "processor", None), RotaryAttnProcessor):
+                module.processor._attention_backend = name
 
 
 def fp8_layer_names(transformer: LTX2VideoTransformer3DModel, recipe: Fp8Recipe) -> list[str]:
@@ -354,6 +364,8 @@ def accelerate(
     if streamer:
         streamer.start()
     transformer.to(device)
+    if settings.attention == flash4.NAME:
+        flash4.use_kernel_cache(cache_dir() / "flash4")
     if settings.attention != "sdpa":  # diffusers' default already: setting it only prints a warning
         set_attention(transformer, settings.attention)
     if settings.compile:

@@ -18,6 +18,7 @@ from diffusers.models.transformers.transformer_ltx2 import (
 )
 from torch import Tensor
 
+from audioloop.models import flash4
 from audioloop.models.rope import CompactRope, RopeIndex, expand
 
 ROTARY_ATTENTIONS = ("attn1", "audio_attn1", "audio_to_video_attn", "video_to_audio_attn")
@@ -46,8 +47,14 @@ def rotate(attn: LTX2Attention, x: Tensor, freqs: tuple[Tensor, Tensor] | RopeIn
 def attend(
     processor: object, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None
 ) -> Tensor:
-    """Attention on [B, T, H, D] through diffusers' dispatch, with the kernel and parallel config chosen for
-    `processor`; the result in the query's dtype."""
+    """Attention on [B, T, H, D] with the kernel and parallel config chosen for `processor`: FA4's op for an
+    unmasked call where `--attention fa4` chose it (a masked one takes diffusers' default), otherwise
+    diffusers' dispatch; the result in the query's dtype."""
+    backend = processor._attention_backend
+    if backend == flash4.NAME:
+        if mask is None:
+            return flash4.flash4(query, key, value)
+        backend = None
     out = dispatch_attention_fn(
         query,
         key,
@@ -55,8 +62,8 @@ def attend(
         attn_mask=mask,
         dropout_p=0.0,
         is_causal=False,
-        backend=processor._attention_backend,
-        parallel_config=processor._parallel_config,
+        backend=backend,
+        parallel_config=getattr(processor, "_parallel_config", None),
     )
     return out.to(query.dtype)
 

@@ -37,7 +37,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from diffusers.hooks import HookRegistry, ModelHook
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_ltx2 import (
     AudioVisualModelOutput,
     LTX2Attention,
@@ -45,7 +44,7 @@ from diffusers.models.transformers.transformer_ltx2 import (
 )
 from torch import Tensor
 
-from audioloop.models.attention import gate_and_project, heads, rotate, swap_processor
+from audioloop.models.attention import attend, gate_and_project, heads, rotate, swap_processor
 from audioloop.models.rope import same_tensor
 from audioloop.parallel import (
     TokenShard,
@@ -82,8 +81,8 @@ class _ShardedAttnProcessor:
         self.shards = shards
 
     def _attend(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
-        """Unmasked attention [B, T, H, D] through the backend chosen for the processor this one replaced."""
-        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+        """Unmasked attention [B, T, H, D] with the kernel chosen for the processor this one replaced."""
+        return attend(self, query, key, value)
 
     def _real(self, x: Tensor) -> Tensor:
         """The real video tokens of a full padded sequence [B, S_pad, ...]: pad tokens never act as keys."""

@@ -1,0 +1,101 @@
+"""models/flash4.py and `--attention fa4` on the tiny transformer: refusals with their fixes, the custom op's
+shape rule, which calls reach the kernel (the kernel itself needs a Hopper GPU and flash-attn-4: replaced
+here by SDPA, which it equals to bf16 rounding on the device machine, bench/attention_fa4.py)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from audioloop.models import accel, flash4
+from audioloop.models.attention import RotaryAttnProcessor, use_rotary_attention
+from tiny_inputs import sample, window_inputs
+
+
+@pytest.fixture
+def kernel(monkeypatch) -> list[tuple[torch.Size, ...]]:
+    """FA4's forward replaced by SDPA on the same [B, T, H, D] layout; the shapes of each call, in order."""
+    calls: list[tuple[torch.Size, ...]] = []
+
+    def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        calls.append((query.shape, key.shape, value.shape))
+        out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (query, key, value)))
+        return out.transpose(1, 2).contiguous()
+
+    monkeypatch.setattr(flash4, "forward", sdpa)
+    return calls
+
+
+def fa4_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy with audioloop's RoPE processors and `--attention fa4`'s routing."""
+    fast = copy.deepcopy(model)
+    use_rotary_attention(fast)
+    accel.set_attention(fast, flash4.NAME)
+    return fast
+
+
+def test_fa4_is_refused_off_cuda_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="fa4 needs a CUDA GPU, not cpu"):
+        accel.check_device(accel.AccelSettings(attention="fa4"), torch.device("cpu"))
+
+
+def test_fa4_names_the_gpu_it_needs_and_the_package_to_install(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA A100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _device: (8, 0))
+    assert flash4.missing(torch.device("cuda")) == (
+        "--attention fa4 needs a Hopper or Blackwell GPU; NVIDIA A100 is sm_80: use sdpa"
+    )
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _device: (9, 0))
+    monkeypatch.setattr(flash4.importlib.util, "find_spec", lambda _name: None)
+    why = flash4.missing(torch.device("cuda"))
+    assert why == "--attention fa4 needs the flash-attn-4 package: pip install 'audioloop[fa4]'"
+    with pytest.raises(ValueError, match=r"audioloop\[fa4\]"):
+        accel.check_device(accel.AccelSettings(attention="fa4"), torch.device("cuda"))
+
+
+def test_the_op_takes_the_value_head_size_without_running_the_kernel() -> None:
+    with FakeTensorMode():
+        query, key = torch.empty(2, 300, 4, 128), torch.empty(2, 77, 4, 128)
+        out = flash4.flash4(query, key, torch.empty(2, 77, 4, 64))
+    assert out.shape == (2, 300, 4, 64) and out.dtype == query.dtype
+
+
+def test_kernel_cache_goes_under_the_given_dir_unless_the_user_chose_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", raising=False)
+    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", raising=False)
+    assert flash4.use_kernel_cache(tmp_path / "flash4").is_dir()
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "flash4")
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+    monkeypatch.setenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", "/mine")
+    flash4.use_kernel_cache(tmp_path / "other")
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/mine"
+
+
+def test_fa4_takes_every_rope_attention_and_nothing_else(model, kernel) -> None:
+    fast = fa4_model(model)
+    processors = {name: m.processor for name, m in fast.named_modules() if hasattr(m, "processor")}
+    chosen = {name for name, p in processors.items() if p._attention_backend == flash4.NAME}
+    rotary = {name for name, p in processors.items() if isinstance(p, RotaryAttnProcessor)}
+    assert chosen == rotary and len(chosen) == 4 * len(fast.transformer_blocks)
+    x = window_inputs()[1]
+    torch.testing.assert_close(sample(fast, x), sample(model, x))
+    tokens = x["layout"].clean.shape[1]
+    video_self = [c for c in kernel if c[0][1] == tokens and c[1][1] == tokens]
+    # 2 blocks × 2 steps, one forward a step (NAG acts inside the text attention); 4 RoPE attentions a block
+    assert len(video_self) == 2 * 2 and len(kernel) == 4 * len(video_self)
+
+
+def test_fa4_inside_the_compiled_blocks_is_one_graph_and_the_same_numbers(model, kernel) -> None:
+    fast = fa4_model(model)
+    accel.compile_blocks(fast, backend="aot_eager")  # traces the op through its fake: no real kernel
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters["stats"]
+    before = counters["unique_graphs"]
+    for x in window_inputs():
+        torch.testing.assert_close(sample(fast, x), sample(model, x))
+    assert counters["unique_graphs"] - before == 1 and kernel
