@@ -111,6 +111,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
     parser.add_argument("--fp8", action="store_true", help="FP8 transformer (models/accel.py)")
     parser.add_argument("--compile", default="auto", choices=("auto", "true", "false"))
+    parser.add_argument("--attention", help="attention kernel (models/accel.py's names; default: sdpa)")
     parser.add_argument(
         "--footage",
         action="store_true",
@@ -136,7 +137,7 @@ def main() -> None:
         job.model_revision = lambda _: "fullsize-random-2.3"
         render.load_components = lambda *_, **__: fullsize.components("cuda", torch.bfloat16)
         flags = {"model": model, "device": "cuda", "dtype": "bfloat16", "width": args.width}
-        flags.update(height=args.height, fp8=args.fp8, compile=args.compile)
+        flags.update(height=args.height, fp8=args.fp8, compile=args.compile, attention=args.attention)
         settings = load_settings(None, flags)
 
     if args.footage:
