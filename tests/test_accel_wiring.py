@@ -24,6 +24,21 @@ def test_compile_auto_is_off_on_the_cpu_and_explicit_values_stand() -> None:
         accel_settings("auto", "flash", False, False, CPU)
 
 
+def test_fa4_is_one_settings_error_naming_its_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(
+        SettingsError, match="--attention fa4 needs a CUDA GPU, not cpu; use --attention sdpa"
+    ):
+        accel_settings("auto", "fa4", True, False, CPU)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA A100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _device: (8, 0))
+    with pytest.raises(SettingsError) as caught:
+        accel_settings("auto", "fa4", False, False, torch.device("cuda"))
+    assert (
+        str(caught.value) == "--attention fa4 needs a Hopper or Blackwell GPU; NVIDIA A100 is sm_80: use sdpa"
+    )
+    assert caught.value.exit_code == 2
+
+
 def test_background_decode_auto_needs_a_large_cuda_card_and_no_offload(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

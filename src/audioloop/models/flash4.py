@@ -25,7 +25,7 @@ CAPABILITIES = (9, 10)
 def missing(device: torch.device) -> str | None:
     """Why `--attention fa4` cannot run on `device` (a one-line message naming the fix), or None."""
     if device.type != "cuda":
-        return f"--attention {NAME} needs a CUDA GPU, not {device}"
+        return f"--attention {NAME} needs a CUDA GPU, not {device}; use --attention sdpa"
     major, minor = torch.cuda.get_device_capability(device)
     if major not in CAPABILITIES:
         gpu = torch.cuda.get_device_name(device)
