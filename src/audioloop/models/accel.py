@@ -12,6 +12,8 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
   FFs' tanh GELU is written as x·σ(2u) (`models/gelu.py`): one exp where libdevice's tanh was the bound,
   and every row reduction of up to 4,096 elements (the norms, the FP8 row quantisation) holds its row in
   registers (`models/reductions.py`): one read of the row instead of one per dependent reduction.
+- Attention: SDPA's choice (cuDNN's kernel on Hopper) by default; `fa4` sends the RoPE attentions' unmasked
+  calls to FlashAttention-4's forward (`models/flash4.py`, the optional flash-attn-4 package), 1.10× cuDNN's.
 - The compile cache: inductor's FX-graph, AOT-autograd, autotune and Triton caches live under the audioloop
   cache dir, so a second process skips the inductor and Triton work.
 - FP8 (`torch._scaled_mm`, Hopper or Ada): chosen linears become `models/fp8.py`'s `Fp8Linear` — e4m3 weights
@@ -26,9 +28,10 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
   0.8 GiB lower at 832×480, 1.7 GiB at 1280×704.
 
 Measured at 832×480×497 on an H200 (bench/RESULTS.md, tenth session): compiled bf16 0.746× the stock step,
-FP8 "all" 0.588×, offload 1.006× / 0.995× its resident mode at 4.0 / 3.5 GiB; peaks bf16 37.2 GiB (39.35 GiB
-at 1280×704), FP8 20.1 GiB (22.5 GiB). A second process's FP8 warm-up (thirteenth session): window 0's
-layout 6.5 s, window 1's 0.1 s (one graph), the decoder 2.5 s.
+FP8 "all" 0.588× (with `fa4`, fourteenth session: 0.719× and 0.554×); offload 1.006× / 0.995× its
+resident mode at 4.0 / 3.5 GiB; peaks bf16 37.2 GiB (39.35 GiB at 1280×704), FP8 20.1 GiB (22.5 GiB).
+A second process's FP8 warm-up (thirteenth session): window 0's layout 6.5 s, window 1's 0.1 s (one
+graph), the decoder 2.5 s.
 """
 
 from __future__ import annotations
