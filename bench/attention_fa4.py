@@ -22,7 +22,7 @@ from torch import Tensor
 from attention_fp8 import bf16, reference, rel
 from audioloop.models.flash4 import flash4
 from step_variants import timed
-from timing import Run, summary
+from timing import Run, summary, wall
 
 HEADS, DIM = 32, 128
 # (tile_m, tile_n, P·V from registers, intra-warpgroup overlap); None: the library's own choice.
@@ -57,11 +57,7 @@ def case(run: Run, tokens: int, repeats: int) -> dict:
     out: dict = {}
 
     def time_it(name: str, fn) -> None:
-        torch.cuda.synchronize()
-        begin = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        first = time.perf_counter() - begin
+        first = wall(fn, run.device)
         t = summary(timed(fn, repeats, run.device))
         out[name] = {**t, "tflops": flops / t["median"] / 1e12, "first call s": first}
         print(f"  {name}: {t['median'] * 1e3:.2f} ms, {out[name]['tflops']:.0f} TFLOP/s", flush=True)
