@@ -5,7 +5,8 @@ script), the sampler's exact inputs for a window ≥ 1 (context + appended guide
 
 - stock: stock eager alone (the reference for ratios when bf16 does not run).
 - errors: the per-block errors alone (bf16 per attention kernel, every FP8 recipe, torchao).
-- bf16: stock eager; eager with the cuDNN kernel; regional compile with each attention kernel; the sampler
+- bf16: stock eager; eager with the cuDNN kernel; regional compile with each attention kernel, and the
+  fastest with the FF's GELU as a pass of its own (the form before the epilogue GEMM); the sampler
   (NAG on) compiled; recompiles across the two window layouts; kernel profiles; per-block errors.
 - fp8: each FP8 recipe (rebuilt from the same seed), compiled, with its per-block error.
 - offload: compiled bf16 and FP8, resident, then streamed from pinned host memory under a memory cap.
@@ -37,13 +38,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from diffusers.models.activations import GELU
 from torch import Tensor, nn
 
 import fullsize
 from audioloop.models import accel
 from audioloop.models.attention import use_rotary_attention
 from audioloop.models.fp8 import use_fused_gelu
-from audioloop.models.gelu import use_sigmoid_gelu
+from audioloop.models.gelu import FastGELU, gelu_tanh, use_fast_gelu
 from audioloop.models.modulation import use_two_level_modulation
 from audioloop.models.reductions import ROW_LIMIT, use_persistent_rows
 from audioloop.models.tiny import tiny_transformer
@@ -194,7 +196,7 @@ def compile_variant(bench: Bench, model: nn.Module, attention: str, rotary: str 
     """What `accel.accelerate` does for memory and compile, with the benchmark's compile backend; `rotary`
     takes the RoPE back to diffusers' processors or tables, to measure what each part saves."""
     use_two_level_modulation(model)
-    use_sigmoid_gelu(model)
+    use_fast_gelu(model)
     if rotary != "stock":
         use_rotary_attention(model)
     if rotary == "full":
@@ -202,6 +204,15 @@ def compile_variant(bench: Bench, model: nn.Module, attention: str, rotary: str 
     accel.set_attention(model, attention)
     use_persistent_rows(bench.args.rows)
     accel.compile_blocks(model, backend=bench.args.compile_backend)
+
+
+def sigmoid_gelu(model: nn.Module) -> None:
+    """The FFs back to diffusers' GELU block with x·σ(2u) as its activation, a pass of its own after the
+    up-projection: the form before the epilogue GEMM (`models/gelu.py`), to time against it."""
+    for module in model.modules():
+        if type(module) is FastGELU:
+            module.__class__ = GELU
+            module.gelu = gelu_tanh
 
 
 def fp8_model(bench: Bench, recipe: str) -> nn.Module:
@@ -474,6 +485,14 @@ def part_bf16(bench: Bench) -> None:
     res["best_attention"] = best
     if best is None:
         return
+
+    def sigmoid_pass() -> dict:
+        uncompile(model)
+        compile_variant(bench, model, best)
+        sigmoid_gelu(model)
+        return measure(bench, stock, args.repeats)
+
+    variants[f"compiled {best}, GELU as a x·σ(2u) pass"] = bench.attempt("gelu pass", sigmoid_pass, need=60)
     uncompile(model)
     compile_variant(bench, model, best)
     if dev.type == "cuda":

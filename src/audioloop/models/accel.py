@@ -8,9 +8,9 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
   the video token count marked symbolic by a pre-hook (window 0 has one frame of guide tokens fewer than
   windows ≥ 1). The blocks share one code object, hence one graph for every layout, traced once a process;
   nothing else varies between steps (sigmas arrive as tensors). Hooks stay outside the compiled region,
-  which is what lets the offload streamer run around it. Compiled, the
-  FFs' tanh GELU is written as x·σ(2u) (`models/gelu.py`): one exp where libdevice's tanh was the bound,
-  and every row reduction of up to 4,096 elements (the norms, the FP8 row quantisation) holds its row in
+  which is what lets the offload streamer run around it. Compiled, the bf16 FFs' tanh GELU runs in
+  the up-projection's cuBLASLt epilogue on CUDA, as x·σ(2u) elsewhere (`models/gelu.py`), and every
+  row reduction of up to 4,096 elements (the norms, the FP8 row quantisation) holds its row in
   registers (`models/reductions.py`): one read of the row instead of one per dependent reduction.
 - Attention: SDPA's choice (cuDNN's kernel on Hopper) by default; `fa4` sends the RoPE attentions' unmasked
   calls to FlashAttention-4's forward (`models/flash4.py`, the optional flash-attn-4 package), 1.10× cuDNN's.
@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from audioloop.models import flash4
 from audioloop.models.attention import RotaryAttnProcessor, use_rotary_attention
 from audioloop.models.fp8 import Fp8Linear, use_fused_gelu
-from audioloop.models.gelu import use_sigmoid_gelu
+from audioloop.models.gelu import use_fast_gelu
 from audioloop.models.modulation import TokenLevels, use_two_level_modulation
 from audioloop.models.reductions import use_persistent_rows
 from audioloop.models.rope import RopeIndex
@@ -350,8 +350,8 @@ def accelerate(
     check_device(settings, device)
     use_two_level_modulation(transformer)
     use_rotary_attention(transformer)
-    if settings.compile:  # one fused kernel compiled; eager, its ops would be six passes instead of one
-        use_sigmoid_gelu(transformer)
+    if settings.compile:  # eager, the CPU's x·σ(2u) would be six passes instead of one
+        use_fast_gelu(transformer)
     recipe = FP8_RECIPES[settings.fp8] if settings.fp8 else None
     names = fp8_layer_names(transformer, recipe) if recipe else []
     blocks = transformer.transformer_blocks
