@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 
 import pytest
 import torch
@@ -99,3 +100,55 @@ def test_fa4_inside_the_compiled_blocks_is_one_graph_and_the_same_numbers(model,
     for x in window_inputs():
         torch.testing.assert_close(sample(fast, x), sample(model, x))
     assert counters["unique_graphs"] - before == 1 and kernel
+
+
+def fake_package(root, body: str) -> None:
+    """A `flash_attn.cute` package under root whose module body is `body`."""
+    (root / "flash_attn" / "cute").mkdir(parents=True)
+    (root / "flash_attn" / "__init__.py").write_text("")
+    (root / "flash_attn" / "cute" / "__init__.py").write_text(body)
+
+
+@pytest.fixture
+def no_flash_attn(monkeypatch):
+    """No flash_attn module imported before or kept after the test."""
+    for name in ("flash_attn", "flash_attn.cute"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    yield
+    for name in ("flash_attn", "flash_attn.cute"):
+        sys.modules.pop(name, None)
+
+
+def test_preload_imports_the_kernels_on_its_own_thread_after_pointing_the_cache(
+    tmp_path, monkeypatch, no_flash_attn
+) -> None:
+    monkeypatch.delenv("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", raising=False)
+    fake_package(
+        tmp_path,
+        "import os, threading\nthread = threading.current_thread().name\n"
+        "cache = os.environ['FLASH_ATTENTION_CUTE_DSL_CACHE_DIR']\n",
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    flash4.preload(tmp_path / "cache").join(timeout=30)
+    module = sys.modules["flash_attn.cute"]
+    assert module.thread == "audioloop-fa4-import"
+    assert module.cache == os.fspath(tmp_path / "cache")
+
+
+def test_a_failed_preload_leaves_the_error_to_the_first_call(tmp_path, monkeypatch, no_flash_attn) -> None:
+    fake_package(tmp_path, "raise ImportError('libcuda.so.13: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    thread = flash4.preload(tmp_path / "cache")
+    thread.join(timeout=30)
+    assert not thread.is_alive() and "flash_attn.cute" not in sys.modules
+    with pytest.raises(ImportError, match=r"libcuda\.so\.13"):
+        flash4.forward(*(torch.zeros(1, 2, 1, 8) for _ in range(3)))
+
+
+def test_only_fa4_starts_anything_early(monkeypatch) -> None:
+    started: list = []
+    monkeypatch.setattr(flash4, "preload", started.append)
+    accel.start_early(accel.AccelSettings())
+    assert started == []
+    accel.start_early(accel.AccelSettings(attention="fa4"))
+    assert started == [accel.cache_dir() / "flash4"]

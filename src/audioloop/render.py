@@ -36,7 +36,7 @@ from audioloop.job import Job, audio_slice
 from audioloop.media.audio import SourceAudio, log_mel
 from audioloop.media.writer import VideoWriter
 from audioloop.models import decoder as vae_decoder
-from audioloop.models.accel import AccelSettings, accelerate
+from audioloop.models.accel import AccelSettings, accelerate, start_early
 from audioloop.models.latents import (
     DECODE_TILE_AREA,
     decode_video,
@@ -172,6 +172,7 @@ def _render(
         raise RenderError(
             "the ranks prepared different renders (an input or the work dir changed as they started); rerun"
         )
+    start_early(job.accel)
     progress.status("loading the model")
     with clock("load"):
         components = components or load_components(

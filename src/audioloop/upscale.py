@@ -33,6 +33,7 @@ from torch import Tensor
 
 from audioloop.decode import queue_limit
 from audioloop.errors import RenderError
+from audioloop.models.accel import start_early
 from audioloop.models.latents import denormalize_video, normalize_video
 from audioloop.models.load import Components, load_components, load_latent_upsampler
 from audioloop.models.text import TextEmbedding, encode_prompts
@@ -136,6 +137,7 @@ def _upscale(
     """Load, walk the tiles (each decoded as it is final) and close the video; returns the writer's peak
     queued frames and the seconds spent decoding."""
     tiles = job.tiles
+    start_early(job.accel)
     progress.status("loading the model")
     with clock("load"):
         components = load_components(

@@ -144,6 +144,12 @@ def check_device(settings: AccelSettings, device: torch.device) -> None:
         raise ValueError(f"--fp8 needs FP8 matmuls (Ada or Hopper, sm_89+); {name} has none")
 
 
+def start_early(settings: AccelSettings) -> None:
+    """What can begin before the models load: FA4's seconds-long import, on a thread of its own."""
+    if settings.attention == flash4.NAME:
+        flash4.preload(cache_dir() / "flash4")
+
+
 def compile_cache_dir(env: Mapping[str, str] | None = None) -> Path:
     """Where compiled kernels persist between runs: `inductor/` under the audioloop cache dir."""
     return cache_dir(env) / "inductor"

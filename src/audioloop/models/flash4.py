@@ -4,13 +4,17 @@ PyTorch custom op, for the transformer's unmasked attentions on Hopper and Black
 At the video self-attention's 24,960 tokens on an H200 it is 1.10× cuDNN's bf16 kernel (the one SDPA picks)
 with the same error against fp32 (bench/attention_fa4.py). The op is opaque to Dynamo, so the compiled blocks
 call it as they call SDPA. Its kernels compile on first use (about 2 s per head size) into a cache under
-the audioloop cache dir, which a second process loads in milliseconds.
+the audioloop cache dir, which a second process loads in milliseconds. Importing the package takes seconds
+(3.4 s on the GPU machine), so a render starts it on a thread of its own (`preload`) while it loads the
+models and encodes the prompts.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import threading
 from pathlib import Path
 
 import torch
@@ -42,6 +46,23 @@ def use_kernel_cache(path: Path) -> Path:
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
     os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(path))
     return path
+
+
+def preload(cache: Path) -> threading.Thread:
+    """Point the kernel cache at `cache` and import flash-attn-4's kernels module on a daemon thread, so the
+    first attention call finds it done (that call waits on the import lock if it is still running). A
+    failed import is left for that call to raise: Python does not keep half-imported modules."""
+    use_kernel_cache(cache)
+
+    def load() -> None:
+        try:
+            importlib.import_module("flash_attn.cute")
+        except Exception:  # raised again, with its traceback, by the first call's own import
+            return
+
+    thread = threading.Thread(target=load, name="audioloop-fa4-import", daemon=True)
+    thread.start()
+    return thread
 
 
 def forward(query: Tensor, key: Tensor, value: Tensor) -> Tensor:
