@@ -28,7 +28,8 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
   0.8 GiB lower at 832×480, 1.7 GiB at 1280×704.
 
 Measured at 832×480×497 on an H200 (bench/RESULTS.md, tenth session): compiled bf16 0.746× the stock step,
-FP8 "all" 0.588× (with `fa4`, fourteenth session: 0.719× and 0.554×); offload 1.006× / 0.995× its
+FP8 "all" 0.588× (with `fa4`, fourteenth session: 0.719× and 0.554×; with the GELU epilogue too,
+fifteenth: 0.711× and 0.556× on a slower machine); offload 1.006× / 0.995× its
 resident mode at 4.0 / 3.5 GiB; peaks bf16 37.2 GiB (39.35 GiB at 1280×704), FP8 20.1 GiB (22.5 GiB).
 A second process's FP8 warm-up (thirteenth session): window 0's layout 6.5 s, window 1's 0.1 s (one
 graph), the decoder 2.5 s.
