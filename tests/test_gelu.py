@@ -70,7 +70,7 @@ def test_install_covers_every_tanh_gelu_once_and_keeps_the_samples(model) -> Non
     assert use_fast_gelu(fast) == len(gelus) == 2 * len(fast.transformer_blocks)
     assert use_fast_gelu(fast) == len(gelus)  # again: the same modules, nothing stacked
     assert all(type(m) is FastGELU for m in gelus)
-    assert [m.proj.weight for m in gelus] == weights
+    assert all(m.proj.weight is w for m, w in zip(gelus, weights, strict=True))
     x = window_inputs()[1]
     torch.testing.assert_close(sample(fast, x), sample(model, x), rtol=1e-4, atol=1e-4)
 
