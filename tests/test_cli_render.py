@@ -238,7 +238,7 @@ def test_accel_flags_reach_the_accel_settings_before_any_model_loads(
         seen.append(settings)
         raise ValueError("no FP8 here")
 
-    monkeypatch.setattr("audioloop.job.check_device", refuse)
+    monkeypatch.setattr("audioloop.job.check_modes", refuse)
     result = run(files, "--compile", "--attention", "cudnn", "--fp8", "--offload")
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert seen == [AccelSettings(compile=True, attention="cudnn", fp8="all", offload=True)]

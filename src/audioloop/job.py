@@ -24,8 +24,7 @@ from audioloop.errors import InputError, SettingsError
 from audioloop.media.audio import SourceAudio, load_waveform, read_source_audio, slice_window
 from audioloop.media.image import load_image
 from audioloop.media.writer import CONTAINER_FORMATS
-from audioloop.models import flash4
-from audioloop.models.accel import DEFAULT_FP8, AccelSettings, check_device
+from audioloop.models.accel import DEFAULT_FP8, AccelSettings, check_attention, check_modes
 from audioloop.models.load import check_layout, fingerprint, resolve_model_dir
 from audioloop.models.tiny import REVISION as TINY_REVISION
 from audioloop.plan import SPATIAL, Plan, Window
@@ -145,11 +144,13 @@ def accel_settings(
         )
     except ValueError as exc:
         raise SettingsError(str(exc)) from None
-    if attention == flash4.NAME and (why := flash4.missing(device)):
-        raise SettingsError(why)
+    try:
+        check_attention(settings, device)
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
     flags = [flag for flag, on in (("--fp8", fp8), ("--offload", offload)) if on]
     try:
-        check_device(settings, device)
+        check_modes(settings, device)
     except ValueError as exc:
         if device.type != "cuda":
             named = " and ".join(flags)

@@ -134,12 +134,21 @@ class AccelSettings:
 
 
 def check_device(settings: AccelSettings, device: torch.device) -> None:
-    """Refuse FP8, offload and FA4 where they cannot run: all need CUDA, FP8 also FP8 matmuls (sm_89+),
-    FA4 a Hopper or Blackwell GPU and its package."""
-    if (settings.fp8 or settings.offload) and device.type != "cuda":
-        raise ValueError(f"--fp8 and --offload need a CUDA device, not {device}")
+    """Refuse FA4, FP8 and offload where they cannot run (`check_attention`, then `check_modes`)."""
+    check_attention(settings, device)
+    check_modes(settings, device)
+
+
+def check_attention(settings: AccelSettings, device: torch.device) -> None:
+    """Refuse FA4 where it cannot run: it needs a Hopper or Blackwell GPU and its package."""
     if settings.attention == flash4.NAME and (why := flash4.missing(device)):
         raise ValueError(why)
+
+
+def check_modes(settings: AccelSettings, device: torch.device) -> None:
+    """Refuse FP8 and offload where they cannot run: both need CUDA, FP8 also FP8 matmuls (sm_89+)."""
+    if (settings.fp8 or settings.offload) and device.type != "cuda":
+        raise ValueError(f"--fp8 and --offload need a CUDA device, not {device}")
     if settings.fp8 and torch.cuda.get_device_capability(device) < (8, 9):
         name = torch.cuda.get_device_name(device)
         raise ValueError(f"--fp8 needs FP8 matmuls (Ada or Hopper, sm_89+); {name} has none")
