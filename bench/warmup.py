@@ -4,9 +4,9 @@ Runs itself twice as a child on one fresh cache dir (the first child fills it, t
 Each child builds the transformer as the render does (`accel.accelerate`) and times the sampler's first
 one-step call per window layout (window 0, then a window ≥ 1) against a repeat, with the phases Dynamo
 times (`dynamo_timed`) during the first call; then the first and a second eager attention call at a
-shape no layout uses (what building a cuDNN plan costs); then the fused decoder's warm-up, as the
-render runs it, against a repeat. Every inductor kernel that benchmarks its configs (an autotune cache
-miss) is listed with its cache state and seconds: a warm process should list none.
+shape no layout uses (what building a cuDNN plan costs); then the fused decoder's first decode of two
+latents (its kernels' load), against a repeat. Every inductor kernel that benchmarks its configs (an
+autotune cache miss) is listed with its cache state and seconds: a warm process should list none.
 
     python bench/warmup.py --out $OUT --fp8
     python bench/warmup.py --out /tmp/w --tiny --width 64 --height 64 --frames 97   # CPU smoke test
@@ -35,7 +35,7 @@ import fullsize
 from audioloop.models import decoder as vae_decoder
 from audioloop.models.accel import AccelSettings, accelerate
 from audioloop.models.configs import VIDEO_VAE_2_3
-from audioloop.models.latents import warm_decoder
+from audioloop.models.latents import decode_video
 from audioloop.models.tiny import tiny_video_vae
 from step_variants import build, sampler, window, window_options
 from timing import Run, wall
@@ -133,7 +133,8 @@ def child(args: argparse.Namespace) -> None:
     vae = video_vae(args, dev)
     if not args.tiny:
         vae_decoder.install(vae.decoder)
-    warm = partial(warm_decoder, vae, args.height // 32, args.width // 32)
+    z = torch.zeros(1, vae.config.latent_channels, 2, args.height // 32, args.width // 32, device=dev)
+    warm = partial(decode_video, vae, z)
     res["decoder warm-up"] = run.attempt("decoder warm-up", lambda: first_and_repeat(warm, dev))
     res["best_configs_in_cache"] = len(list(Path(os.environ["AUDIOLOOP_CACHE_DIR"]).rglob("*.best_config")))
     if args.precompile:

@@ -166,7 +166,6 @@ def test_the_render_decodes_in_tiles_of_the_area_it_is_given(monkeypatch):
         return torch.zeros(17, 64, 64, 3, dtype=torch.uint8)
 
     monkeypatch.setattr(render, "decode_video", decode)
-    monkeypatch.setattr(render, "warm_decoder", lambda vae, h, w, area: calls.append(("warm", area)))
     vae = tiny_video_vae().eval()
     plan = SimpleNamespace(new_lat=3, height=64, width=64)
     frames = []
@@ -175,5 +174,5 @@ def test_the_render_decodes_in_tiles_of_the_area_it_is_given(monkeypatch):
     stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (span,), writer, True, True, 640)
     stream.push(0, torch.zeros(1, vae.config.latent_channels, 3, 2, 2))
     stream.close()
-    assert calls == [("warm", 640), ("decode", 640)]
+    assert calls == [("decode", 640)]  # nothing compiles before it: the Triton kernels load on first use
     assert [f.shape[0] for f in frames] == [17]

@@ -43,12 +43,11 @@ from audioloop.models.latents import (
     encode_audio,
     encode_frames,
     encode_image,
-    warm_decoder,
 )
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import TextEmbedding, encode_prompts
 from audioloop.parallel import from_rank0, is_rank0, same_on_every_rank
-from audioloop.plan import SPATIAL, TEMPORAL, Plan, Window, audio_tokens
+from audioloop.plan import TEMPORAL, Plan, Window, audio_tokens
 from audioloop.progress import RenderProgress
 from audioloop.sampling.adain import adain_frames
 from audioloop.sampling.layout import WindowLayout, first_window, next_window
@@ -314,10 +313,10 @@ def decoder(
 ) -> LatentStream:
     """The stream that decodes each window's (or tile's) final latents, as the spans say, in spatial tiles of
     at most `tile_area` latents², onto the writer. `fused` (with compile on): through the fused decoder
-    forward; in the background, its kernels are compiled here first."""
+    forward, whose Triton kernels load on the first decode, wherever it runs."""
     vae = components.video_vae
-    if fused and vae_decoder.install(vae.decoder) and background:
-        warm_decoder(vae, plan.height // SPATIAL, plan.width // SPATIAL, tile_area)
+    if fused:
+        vae_decoder.install(vae.decoder)
     decode = partial(decode_video, vae, tile_area=tile_area)
     return LatentStream(plan, spans, decode, writer.write, background=background)
 

@@ -3,10 +3,11 @@
 The decoder is 558 TFLOP of 3×3×3 convolutions per render decode span (72 latents at 832×480), but stock
 diffusers runs ~7 elementwise passes over an activation before each of them: PerChannelRMSNorm (square, mean,
 sqrt, divide), SiLU, and the temporal replicate padding (a concatenation copy); the last activations are
-[1, 128, 569, 120, 208] (3.6 GB in bf16). Here the norm, SiLU and padding before a conv are one kernel
-(compiled on CUDA, eager elsewhere), and on CUDA activations and conv weights are channels-last (NDHWC).
-Measured on an H200 (bench/RESULTS.md): a span decodes in 1.00 s instead of 1.32 s, elementwise work 0.22 s
-instead of 0.47 s, the convolutions 11% faster in NDHWC, peak memory 14.9 GiB instead of 23.4 GiB.
+[1, 128, 569, 120, 208] (3.6 GB in bf16), and PyTorch adds each conv's bias in a pass of its own. Here the
+norm, SiLU and padding before a conv are one pass that also adds the bias of the conv before it (a Triton
+kernel on CUDA, `decoder_kernels`; PyTorch elsewhere), and on CUDA activations and conv weights are
+channels-last (NDHWC). Measured on an H200 (bench/RESULTS.md): a span decodes in 0.89 s instead of 1.31 s,
+the convolutions 11% faster in NDHWC, peak memory 14.9 GiB instead of 23.4 GiB.
 
 Only the 2.3 decoder's building blocks are covered (no noise injection, no timestep conditioning, no residual
 upsamplers); `supports` says whether a decoder is, `forward` runs it, `install` makes it the decoder's.
@@ -14,8 +15,6 @@ upsamplers); `supports` says whether a decoder is, `forward` runs it, `install` 
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -26,7 +25,9 @@ from diffusers.models.autoencoders.autoencoder_kl_ltx2 import (
     LTX2VideoResnetBlock3d,
     LTX2VideoUpsampler3d,
 )
-from torch import Tensor
+from torch import Tensor, nn
+
+from audioloop.models import decoder_kernels
 
 RMS_EPS = 1e-8  # PerChannelRMSNorm's
 
@@ -65,66 +66,59 @@ def _channels_last(x: Tensor) -> Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d)
 
 
-def _norm_silu_pad_cl(x: Tensor, before: int, after: int) -> Tensor:
-    """norm_silu_pad with a channels-last result (the layout is part of the one kernel)."""
-    return _channels_last(norm_silu_pad(x, before, after))
+def _triton(x: Tensor) -> bool:
+    """Whether x's passes run as `decoder_kernels` (CUDA, with Triton)."""
+    return x.is_cuda and decoder_kernels.kernels() is not None
 
 
-def _pad_time_cl(x: Tensor, before: int, after: int) -> Tensor:
-    """pad_time with a channels-last result."""
-    return _channels_last(pad_time(x, before, after))
+def _conv(conv: nn.Conv3d, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """conv(x) and the bias still to add: with the Triton passes, the next pass adds it (it reads the output
+    anyway, where PyTorch would add it in a pass of its own); elsewhere the conv adds it and None is left."""
+    if conv.bias is None or not _triton(x):
+        return conv(x), None
+    return conv._conv_forward(x, conv.weight, None), conv.bias
 
 
-def _depth_to_space_cl(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
-    """depth_to_space with a channels-last result."""
-    return _channels_last(depth_to_space(x, stride))
+def _pad(
+    x: Tensor, conv: LTX2VideoCausalConv3d, causal: bool, norm: bool, bias: Tensor | None = None
+) -> Tensor:
+    """A conv's input: x (+ the `bias` `_conv` left) time-padded for `conv`, normed and SiLU'd first when
+    `norm` (norm_silu_pad); one Triton pass with a channels-last result where `_triton`, else PyTorch."""
+    before, after = time_padding(conv, causal)
+    if _triton(x):
+        return decoder_kernels.pad_time(x, before, after, RMS_EPS if norm else None, bias)
+    return (norm_silu_pad if norm else pad_time)(x, before, after)
 
 
-# What each helper runs as on CUDA: its own function (one compile cache each), compiled.
-_CUDA_KERNELS = {norm_silu_pad: _norm_silu_pad_cl, pad_time: _pad_time_cl, depth_to_space: _depth_to_space_cl}
+def _spread(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None) -> Tensor:
+    """depth_to_space of x (+ the `bias` `_conv` left), one Triton pass with a channels-last result where
+    `_triton`."""
+    if _triton(x):
+        return decoder_kernels.depth_to_space(x, stride, bias)
+    return depth_to_space(x, stride)
 
 
-# Distinct (channels, height, width) activation shapes each helper meets: about six a resolution, so a
-# `render --upscale` (two resolutions) needs more graphs per function than Dynamo's default limit of 8.
-RECOMPILE_LIMIT = 64
-
-
-@functools.cache
-def compiled(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
-    """fn compiled with static shapes except time (`_kernel` marks it), so index arithmetic divides by
-    constants (fully dynamic shapes made these kernels 8× slower on an H200: 0.62 s a span, not 0.075 s);
-    one graph per activation shape, whatever the span length."""
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-    # The render decodes on a worker thread while the main thread may be compiling the transformer, and FX
-    # marks "tracing" for every thread: a compiled call meanwhile would raise; this makes it run eagerly.
-    torch._dynamo.config.error_on_nested_fx_trace = False
-    return torch.compile(fn, fullgraph=True, dynamic=False)
-
-
-def _kernel(fn: Callable[..., Tensor], x: Tensor) -> Callable[..., Tensor]:
-    """fn compiled, with a channels-last result, for CUDA tensors; fn itself elsewhere."""
-    if not x.is_cuda:
-        return fn
-    if x.shape[2] > 1:
-        torch._dynamo.mark_dynamic(x, 2)
-    return compiled(_CUDA_KERNELS[fn])
+def _residual(h: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
+    """A resnet's output: h (+ the `bias` `_conv` left) + x, one Triton pass when there is a bias."""
+    return h + x if bias is None else decoder_kernels.residual(h, bias, x)
 
 
 def _resnet(block: LTX2VideoResnetBlock3d, x: Tensor, causal: bool) -> Tensor:
-    """LTX2VideoResnetBlock3d.forward without noise or timestep modulation; one fused pass before a conv."""
-    h = block.conv1.conv(_kernel(norm_silu_pad, x)(x, *time_padding(block.conv1, causal)))
-    h = block.conv2.conv(_kernel(norm_silu_pad, h)(h, *time_padding(block.conv2, causal)))
+    """LTX2VideoResnetBlock3d.forward without noise or timestep modulation: one fused pass before each conv,
+    each conv's bias added by the pass after it."""
+    h, bias = _conv(block.conv1.conv, _pad(x, block.conv1, causal, norm=True))
+    h, bias = _conv(block.conv2.conv, _pad(h, block.conv2, causal, norm=True, bias=bias))
     if block.norm3 is not None:
         x = block.norm3(x.movedim(1, -1)).movedim(-1, 1)
     if block.conv_shortcut is not None:
         x = block.conv_shortcut(x)
-    return h + x
+    return _residual(h, bias, x)
 
 
 def _upsample(upsampler: LTX2VideoUpsampler3d, x: Tensor, causal: bool) -> Tensor:
-    """LTX2VideoUpsampler3d.forward without the residual: padded conv, then depth-to-space."""
-    h = upsampler.conv.conv(_kernel(pad_time, x)(x, *time_padding(upsampler.conv, causal)))
-    return _kernel(depth_to_space, h)(h, upsampler.stride)
+    """LTX2VideoUpsampler3d.forward without the residual: padded conv, then depth-to-space (with its bias)."""
+    h, bias = _conv(upsampler.conv.conv, _pad(x, upsampler.conv, causal, norm=False))
+    return _spread(h, upsampler.stride, bias)
 
 
 def _unpatchify(x: Tensor, p: int, p_t: int) -> Tensor:
@@ -159,7 +153,7 @@ def forward(
     causal = causal or decoder.is_causal
     if z.is_cuda:
         z = _channels_last(z)
-    x = decoder.conv_in.conv(_kernel(pad_time, z)(z, *time_padding(decoder.conv_in, causal)))
+    x = decoder.conv_in.conv(_pad(z, decoder.conv_in, causal, norm=False))
     for resnet in decoder.mid_block.resnets:
         x = _resnet(resnet, x, causal)
     for block in decoder.up_blocks:
@@ -169,7 +163,7 @@ def forward(
             x = _upsample(upsampler, x, causal)
         for resnet in block.resnets:
             x = _resnet(resnet, x, causal)
-    x = decoder.conv_out.conv(_kernel(norm_silu_pad, x)(x, *time_padding(decoder.conv_out, causal)))
+    x = decoder.conv_out.conv(_pad(x, decoder.conv_out, causal, norm=True))
     return _unpatchify(x, decoder.patch_size, decoder.patch_size_t).contiguous()
 
 

@@ -205,17 +205,6 @@ def _to_uint8(video: torch.Tensor) -> torch.Tensor:
     return host
 
 
-def warm_decoder(
-    video_vae: AutoencoderKLLTX2Video, height: int, width: int, tile_area: int = DECODE_TILE_AREA
-) -> None:
-    """Decode two latents of height × width once (tiled as `decode_video` will), so that an installed fused
-    decoder's kernels for this frame size are compiled on this thread: compiling on a decode thread beside a
-    running transformer breaks (FX's tracing patches nn.Module.__call__ for every thread)."""
-    device, _ = _placement(video_vae)
-    z = torch.zeros(1, video_vae.config.latent_channels, 2, height, width, device=device)
-    decode_video(video_vae, z, tile_area)
-
-
 def _channel_stats(vae: AutoencoderKLLTX2Video, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The video VAE's per-channel latent mean and std, shaped to broadcast over [B, C, F, h, w]."""
     shape = (1, -1, 1, 1, 1)
