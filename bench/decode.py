@@ -7,11 +7,12 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
 - spans: `decode_video` on each decode span of `--spans` (LATENTSxWIDTHxHEIGHT; default the render's span,
   72 latents = 56 new + 2×8 margin at 832×480, and the upscale's two- and three-tile spans at 1664×960),
   in the render's spatial tiles (`latents.tile_grid`: 832×480 is one), through diffusers' stock
-  decoder forward on contiguous weights and through `models/decoder.py` (fused norm/SiLU/padding,
-  channels-last). Both copy the frames to the host through page-locked memory. Each: first-call seconds
-  (the fused one's includes its compiles), median/min/max of `--repeats` after it (host wall,
-  CUDA-synchronised, as the render waits for it), peak GPU memory, and the fused frames' max and mean abs
-  difference in uint8 levels against the stock ones.
+  decoder forward on contiguous weights, through `models/decoder.py` (fused norm/SiLU/padding as Triton
+  kernels, channels-last) and, on CUDA, through the same forward with its passes as the torch.compile'd
+  helpers it had before ("compiled"). All copy the frames to the host through page-locked memory. Each:
+  first-call seconds (the fused ones' include their kernels' loads or compiles), median/min/max of
+  `--repeats` after it (host wall, CUDA-synchronised, as the render waits for it), peak GPU memory, and
+  the fused frames' max and mean abs difference in uint8 levels against the stock ones.
 - accuracy: one short span (17 latents, 832×480, untiled) through the stock and the fused decoder in bf16
   and the stock decoder in fp32 (the same weights upcast, TF32 off): ‖out − ref‖ / ‖ref‖ of each bf16 one.
 - profile: one stock and one fused decode of the first span under torch.profiler: CUDA time by kernel kind.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import math
 import os
@@ -144,18 +146,67 @@ def frame_difference(frames: Tensor, reference: Tensor) -> dict[str, float]:
     return {"max_abs": int(diff.max()), "mean_abs": float(diff.sum(dtype=torch.float64)) / diff.numel()}
 
 
+@functools.cache
+def compiled_pass(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """fn with a channels-last result, torch.compile'd with static shapes but time: the fused decoder's
+    passes up to the fifteenth session (one graph per activation shape, traced again in every process)."""
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    return torch.compile(
+        lambda x, *args: fn(x, *args).contiguous(memory_format=torch.channels_last_3d),
+        fullgraph=True,
+        dynamic=False,
+    )
+
+
+def _dynamic_time(x: Tensor) -> Tensor:
+    """x with its time axis marked dynamic (a span's length varies), as the compiled passes had it."""
+    if x.shape[2] > 1:
+        torch._dynamo.mark_dynamic(x, 2)
+    return x
+
+
+@contextmanager
+def compiled_passes() -> Iterator[None]:
+    """Inside the block the fused decoder runs as it did before its Triton kernels: its passes as the compiled
+    helpers, each conv adding its own bias."""
+
+    def conv_with_bias(conv: nn.Module, x: Tensor) -> tuple[Tensor, None]:
+        return conv(x), None
+
+    def pad(x: Tensor, conv: nn.Module, causal: bool, norm: bool, bias: None = None) -> Tensor:
+        fn = decoder.norm_silu_pad if norm else decoder.pad_time
+        return compiled_pass(fn)(_dynamic_time(x), *decoder.time_padding(conv, causal))
+
+    def spread(x: Tensor, stride: tuple[int, int, int], bias: None = None) -> Tensor:
+        return compiled_pass(decoder.depth_to_space)(_dynamic_time(x), stride)
+
+    with (
+        patch.object(decoder, "_conv", conv_with_bias),
+        patch.object(decoder, "_pad", pad),
+        patch.object(decoder, "_spread", spread),
+    ):
+        yield
+
+
 def measure_span(bench: Bench, span: tuple[int, int, int]) -> None:
-    """Stock then fused decode of one span, tiled as the render does; fused frames vs stock ones."""
+    """Stock, fused (Triton passes) and fused with compiled passes: one span each, tiled as the render does;
+    the fused frames against the stock ones. Each variant's first call holds its warm-up."""
     vae, repeats = bench.vae, bench.args.repeats
     z = bench.z if span == bench.spans[0] else span_latents(vae, span, bench.device)
     name = "x".join(map(str, span))
     with stock(vae):
         stock_rec, stock_frames = timed(lambda: decode_video(vae, z), bench.device, repeats)
     decoder.install(vae.decoder)
-    fused_rec, fused_frames = timed(lambda: decode_video(vae, z), bench.device, repeats)
-    fused_rec["vs_stock"] = frame_difference(fused_frames, stock_frames)
-    fused_rec["x_stock"] = fused_rec["median"] / stock_rec["median"]
-    bench.results["spans"][name] = {"stock": stock_rec, "fused": fused_rec}
+    records = {"stock": stock_rec}
+    for kind, scope in (("fused", nullcontext), ("compiled", compiled_passes)):
+        if kind == "compiled" and bench.device.type != "cuda":
+            continue
+        with scope():
+            rec, frames = timed(lambda: decode_video(vae, z), bench.device, repeats)
+        rec["vs_stock"] = frame_difference(frames, stock_frames)
+        rec["x_stock"] = rec["median"] / stock_rec["median"]
+        records[kind] = rec
+    bench.results["spans"][name] = records
 
 
 def part_spans(bench: Bench) -> None:
@@ -222,7 +273,7 @@ def kernel_kind(name: str) -> str:
     low = name.lower()
     if any(key in low for key in ("conv", "cudnn", "sm90_xmma", "implicit", "wgrad", "dgrad", "fprop")):
         return "conv"
-    if low.startswith("triton"):
+    if low.startswith(("triton", "pad_rows", "spread_rows")):  # inductor's kernels, decoder_kernels'
         return "triton (fused)"
     if "memcpy" in low or "copy" in low:
         return "copy"
@@ -403,10 +454,13 @@ def print_table(res: dict) -> None:
                 f"{name:22s} {kind:7s} {rec['median']:9.3f} {spread:>17s} {rec.get('peak_gib', 0.0):8.1f} "
                 f"{rec['first_call_s']:8.1f}"
             )
-        fused = recs["fused"]
-        diff = fused["vs_stock"]
-        print(f"{'':22s} fused {fused['x_stock']:.3f}x stock; |Δ| max {diff['max_abs']}", end="")
-        print(f", mean {diff['mean_abs']:.4f} levels")
+        for kind in ("fused", "compiled"):
+            if kind in recs:
+                diff = recs[kind]["vs_stock"]
+                print(
+                    f"{'':22s} {kind} {recs[kind]['x_stock']:.3f}x stock; |Δ| max {diff['max_abs']}", end=""
+                )
+                print(f", mean {diff['mean_abs']:.4f} levels")
     for name, value in res.get("accuracy", {}).items():
         print(f"accuracy {name:16s} {value}")
     for name, kinds in (res.get("profile") or {}).items() if isinstance(res.get("profile"), dict) else ():

@@ -22,6 +22,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ import fullsize
 from audioloop import demo, job, render
 from audioloop.config import load_settings
 from audioloop.job import prepare
+from audioloop.models import flash4
 from audioloop.progress import RenderProgress
 from audioloop.request import request_for
 from decode import smooth_frames
@@ -70,6 +72,7 @@ class Timeline(RenderProgress):
     the window's encode stage (audio slice, context), which runs before the sampler starts."""
 
     def __init__(self) -> None:
+        self.origin = time.perf_counter()  # reset as the render starts
         self.clocks: list[render.Clock] = []
         self.windows: list[dict] = []
         self._stages: dict[str, float] = {}
@@ -88,7 +91,7 @@ class Timeline(RenderProgress):
 
     def start_window(self, index: int, total: int, sampled: bool) -> None:
         self._last = time.perf_counter()
-        self.windows.append({"window": index, "steps_s": []})
+        self.windows.append({"window": index, "start_s": self._last - self.origin, "steps_s": []})
 
     def step(self, done: int, total: int) -> None:
         now = time.perf_counter()
@@ -100,6 +103,26 @@ class Timeline(RenderProgress):
         seconds = dict(self.clocks[-1].seconds)
         self.windows[-1]["stages_s"] = {k: v - self._stages.get(k, 0.0) for k, v in seconds.items()}
         self._stages = seconds
+
+
+def watch_fa4_import(timeline: Timeline) -> dict[str, float]:
+    """Record when `--attention fa4`'s import thread (`flash4.preload`) ends, in seconds from the render's
+    start: whether window 0's first step waited for it."""
+    events: dict[str, float] = {}
+    preload = flash4.preload
+
+    def timed_preload(cache: Path) -> threading.Thread:
+        thread = preload(cache)
+
+        def wait() -> None:
+            thread.join()
+            events["fa4_import_done_s"] = time.perf_counter() - timeline.origin
+
+        threading.Thread(target=wait, daemon=True).start()
+        return thread
+
+    flash4.preload = timed_preload
+    return events
 
 
 def main() -> None:
@@ -150,7 +173,8 @@ def main() -> None:
     marks: list[float] = []
     timeline = Timeline()
     timeline.watch()
-    began = time.perf_counter()
+    events = watch_fa4_import(timeline)
+    began = timeline.origin = time.perf_counter()
     document = render.render(prepared, timeline, on_window=lambda _: marks.append(time.perf_counter()))
     wall = time.perf_counter() - began
 
@@ -176,6 +200,7 @@ def main() -> None:
         "overhead_pct_of_wall_without_load": 100 * overhead / (wall - timings["load"]),
         "per_window_s": per_window,
         "windows_detail": timeline.windows,
+        "events_s": events,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else 0.0,
         "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "output_bytes": Path(document["output"]).stat().st_size,
@@ -192,6 +217,8 @@ def main() -> None:
         stages = " ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items() if v >= 0.005)
         steps = " ".join(f"{t:.2f}" for t in row["steps_s"])
         print(f"  window {row['window']:2d}: {stages} | steps {steps}")
+    for name, at in events.items():
+        print(f"{name} {at:.2f} s; window 0 started at {timeline.windows[0]['start_s']:.2f} s")
     print(f"everything but load and sampling: {overhead:.1f} s = {share:.2f}% of the wall without load")
     print(f"peak GPU {results['peak_gpu_gib']:.1f} GiB, peak host RSS {results['peak_host_rss_gib']:.1f} GiB")
 
