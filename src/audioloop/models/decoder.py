@@ -61,11 +61,6 @@ def depth_to_space(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
     return y.reshape(b, -1, t * st, h * sh, w * sw)[:, :, st - 1 :]
 
 
-def _channels_last(x: Tensor) -> Tensor:
-    """x laid out NDHWC, the layout the CUDA path keeps every activation in."""
-    return x.contiguous(memory_format=torch.channels_last_3d)
-
-
 def _triton(x: Tensor) -> bool:
     """Whether x's passes run as `decoder_kernels` (CUDA, with Triton)."""
     return x.is_cuda and decoder_kernels.kernels() is not None
@@ -152,7 +147,7 @@ def forward(
         raise ValueError("the fused decoder has no timestep conditioning; decode with the stock forward")
     causal = causal or decoder.is_causal
     if z.is_cuda:
-        z = _channels_last(z)
+        z = decoder_kernels.channels_last(z)
     x = decoder.conv_in.conv(_pad(z, decoder.conv_in, causal, norm=False))
     for resnet in decoder.mid_block.resnets:
         x = _resnet(resnet, x, causal)

@@ -128,8 +128,8 @@ def _grid(rows: int, channels: int) -> tuple[tuple[int], int, int]:
     return (-(-rows // block_r),), block_c, block_r
 
 
-def _channels_last(x: Tensor) -> Tensor:
-    """x laid out NDHWC (a no-op for the decoder's activations)."""
+def channels_last(x: Tensor) -> Tensor:
+    """x laid out NDHWC, the layout the decoder keeps every CUDA activation in (a no-op for those)."""
     return x.contiguous(memory_format=torch.channels_last_3d)
 
 
@@ -144,7 +144,7 @@ def pad_time(
     """x [B, C, T, H, W] (plus a per-channel `bias`) with its first frame repeated `before` times and its
     last `after` times; with `eps`, of the per-position RMS norm over channels (that epsilon) and SiLU, in
     float32. Channels-last, in x's dtype."""
-    x = _channels_last(x)
+    x = channels_last(x)
     b, c, t, h, w = x.shape
     out = _empty(x, (b, c, t + before + after, h, w))
     rows = out.numel() // c
@@ -172,7 +172,7 @@ def depth_to_space(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None 
     """The upsampler's rearrangement of x [B, C·st·sh·sw, T, H, W] (plus a per-channel `bias`; channels
     (c, st, sh, sw)) into [B, C, T·st − (st−1), H·sh, W·sw], the first st−1 frames dropped: channels-last,
     one pass."""
-    x = _channels_last(x)
+    x = channels_last(x)
     b, k, t, h, w = x.shape
     st, sh, sw = stride
     c = k // (st * sh * sw)
@@ -201,9 +201,10 @@ def depth_to_space(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None 
 def residual(h: Tensor, bias: Tensor, x: Tensor) -> Tensor:
     """h + bias + x (h and x [B, C, T, H, W], bias per channel), summed in float32: channels-last, in h's
     dtype."""
-    h, x = _channels_last(h), _channels_last(x)
+    h, x = channels_last(h), channels_last(x)
     out = _empty(h, h.shape)
     c = h.shape[1]
-    grid, block_c, block_r = _grid(h.numel() // c, c)
-    kernels().add_rows[grid](h, bias, x, out, h.numel() // c, c, BLOCK_C=block_c, BLOCK_R=block_r)
+    rows = h.numel() // c
+    grid, block_c, block_r = _grid(rows, c)
+    kernels().add_rows[grid](h, bias, x, out, rows, c, BLOCK_C=block_c, BLOCK_R=block_r)
     return out
