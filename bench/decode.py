@@ -9,13 +9,16 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
   in the render's spatial tiles (`latents.tile_grid`: 832×480 is one), through diffusers' stock
   decoder forward on contiguous weights, through `models/decoder.py` (fused norm/SiLU/padding as Triton
   kernels, channels-last) and, on CUDA, through the same forward with its passes as the torch.compile'd
-  helpers it had before ("compiled"). All copy the frames to the host through page-locked memory. Each:
+  helpers it had before ("compiled"), and through `models/decoder.py` asked only for the frames a render span
+  between two others emits ("emitted": 56 of 72 latents, each activation cropped in time to what those
+  frames depend on). All copy the frames to the host through page-locked memory. Each:
   first-call seconds (the fused ones' include their kernels' loads or compiles), median/min/max of
   `--repeats` after it (host wall, CUDA-synchronised, as the render waits for it), peak GPU memory, and
   the fused frames' max and mean abs difference in uint8 levels against the stock ones.
 - accuracy: one short span (17 latents, 832×480, untiled) through the stock and the fused decoder in bf16
   and the stock decoder in fp32 (the same weights upcast, TF32 off): ‖out − ref‖ / ‖ref‖ of each bf16 one.
-- profile: one stock and one fused decode of the first span under torch.profiler: CUDA time by kernel kind.
+- profile: one stock, one fused and one fused "emitted" decode of the first span under torch.profiler: CUDA
+  time by kernel kind.
 - overlap: the transformer compiled as the render does (`accel.accelerate`), one whole window ≥ 1 at
   832×480×497 through `sample_window` (8 steps, NAG on) on the main thread while another thread decodes one
   span on a side CUDA stream (which waits on an event recorded on the main stream). Per repeat, interleaved:
@@ -54,11 +57,13 @@ from diffusers import AutoencoderKLLTX2Video
 from torch import Tensor, nn
 
 import fullsize
+from audioloop.decode import DECODE_MARGIN, decoded_frames
 from audioloop.media import writer
 from audioloop.media.writer import VideoWriter
 from audioloop.models import accel, decoder
 from audioloop.models.latents import decode_video, denormalize_video
 from audioloop.models.tiny import tiny_transformer, tiny_video_vae
+from audioloop.plan import TEMPORAL
 from step_variants import sampler, window
 from timing import Run, summary, sync, wall
 
@@ -173,12 +178,12 @@ def compiled_passes() -> Iterator[None]:
     def conv_with_bias(conv: nn.Module, x: Tensor) -> tuple[Tensor, None]:
         return conv(x), None
 
-    def pad(x: Tensor, conv: nn.Module, causal: bool, norm: bool, bias: None = None) -> Tensor:
+    def pad(x: Tensor, before: int, after: int, norm: bool, bias: None = None) -> Tensor:
         fn = decoder.norm_silu_pad if norm else decoder.pad_time
-        return compiled_pass(fn)(_dynamic_time(x), *decoder.time_padding(conv, causal))
+        return compiled_pass(fn)(_dynamic_time(x), before, after)
 
-    def spread(x: Tensor, stride: tuple[int, int, int], bias: None = None) -> Tensor:
-        return compiled_pass(decoder.depth_to_space)(_dynamic_time(x), stride)
+    def spread(x: Tensor, stride: tuple[int, int, int], bias: None, drop: bool) -> Tensor:
+        return compiled_pass(decoder.depth_to_space)(_dynamic_time(x), stride, drop)
 
     with (
         patch.object(decoder, "_conv", conv_with_bias),
@@ -188,23 +193,44 @@ def compiled_passes() -> Iterator[None]:
         yield
 
 
+def emitted(latents: int) -> tuple[int, int]:
+    """The decoded frames [start, stop) that a render span of `latents` between two others emits: all but
+    DECODE_MARGIN latents on each side (57–505 of 569 for 72 latents; a short span keeps half of it)."""
+    margin = min(DECODE_MARGIN, (latents - 1) // 4)
+    return TEMPORAL * margin - (TEMPORAL - 1), decoded_frames(latents) - TEMPORAL * margin
+
+
 def measure_span(bench: Bench, span: tuple[int, int, int]) -> None:
-    """Stock, fused (Triton passes) and fused with compiled passes: one span each, tiled as the render does;
-    the fused frames against the stock ones. Each variant's first call holds its warm-up."""
+    """Stock, fused (Triton passes), fused with compiled passes, and fused asked only for the frames a
+    render span emits ("emitted", cropped in time): one span each, tiled as the render does; the fused
+    frames against the stock ones (the emitted ones also against the whole fused decode's)."""
     vae, repeats = bench.vae, bench.args.repeats
     z = bench.z if span == bench.spans[0] else span_latents(vae, span, bench.device)
     name = "x".join(map(str, span))
+    kept = emitted(span[0])
     with stock(vae):
         stock_rec, stock_frames = timed(lambda: decode_video(vae, z), bench.device, repeats)
     decoder.install(vae.decoder)
     records = {"stock": stock_rec}
-    for kind, scope in (("fused", nullcontext), ("compiled", compiled_passes)):
+    whole = None
+    for kind, scope, frames in (
+        ("fused", nullcontext, None),
+        ("emitted", nullcontext, kept),
+        ("compiled", compiled_passes, None),
+    ):
         if kind == "compiled" and bench.device.type != "cuda":
             continue
         with scope():
-            rec, frames = timed(lambda: decode_video(vae, z), bench.device, repeats)
-        rec["vs_stock"] = frame_difference(frames, stock_frames)
+            rec, out = timed(lambda f=frames: decode_video(vae, z, frames=f), bench.device, repeats)
+        rec["vs_stock"] = frame_difference(
+            out, stock_frames if frames is None else stock_frames[slice(*kept)]
+        )
         rec["x_stock"] = rec["median"] / stock_rec["median"]
+        if kind == "fused":
+            whole = out
+        elif kind == "emitted":
+            rec["frames"] = list(kept)
+            rec["vs_fused"] = frame_difference(out, whole[slice(*kept)])
         records[kind] = rec
     bench.results["spans"][name] = records
 
@@ -252,11 +278,13 @@ def part_profile(bench: Bench) -> None:
     vae, z = bench.vae, bench.z
     decoder.install(vae.decoder)
     tables = []
-    for name, setup in (("stock", stock), ("fused", lambda _vae: nullcontext())):
+    fused = lambda _vae: nullcontext()  # noqa: E731
+    kept = emitted(z.shape[2])
+    for name, setup, frames in (("stock", stock, None), ("fused", fused, None), ("emitted", fused, kept)):
         with setup(vae):
-            decode_video(vae, z)  # compiled and warm
+            decode_video(vae, z, frames=frames)  # compiled and warm
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                decode_video(vae, z)
+                decode_video(vae, z, frames=frames)
                 sync(bench.device)
         kinds: dict[str, float] = {}
         for event in prof.key_averages():
@@ -354,7 +382,7 @@ def part_overlap(bench: Bench) -> None:
 
     def decode() -> None:
         """The render's decode of one span, its frames dropped."""
-        decode_video(bench.vae, bench.z)
+        decode_video(bench.vae, bench.z, frames=emitted(bench.z.shape[2]))
 
     rec["setup_s"] = time.perf_counter() - begin
     rec["first_sample_s"] = wall(sample, device)  # compiles the blocks for this layout
@@ -454,13 +482,20 @@ def print_table(res: dict) -> None:
                 f"{name:22s} {kind:7s} {rec['median']:9.3f} {spread:>17s} {rec.get('peak_gib', 0.0):8.1f} "
                 f"{rec['first_call_s']:8.1f}"
             )
-        for kind in ("fused", "compiled"):
+        for kind in ("fused", "emitted", "compiled"):
             if kind in recs:
                 diff = recs[kind]["vs_stock"]
                 print(
                     f"{'':22s} {kind} {recs[kind]['x_stock']:.3f}x stock; |Δ| max {diff['max_abs']}", end=""
                 )
                 print(f", mean {diff['mean_abs']:.4f} levels")
+        if "emitted" in recs:
+            diff = recs["emitted"]["vs_fused"]
+            print(
+                f"{'':22s} emitted vs fused frames {recs['emitted']['frames']}: |Δ| max {diff['max_abs']}",
+                end="",
+            )
+            print(f", mean {diff['mean_abs']:.4f} levels")
     for name, value in res.get("accuracy", {}).items():
         print(f"accuracy {name:16s} {value}")
     for name, kinds in (res.get("profile") or {}).items() if isinstance(res.get("profile"), dict) else ():

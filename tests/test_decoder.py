@@ -73,7 +73,25 @@ def test_upsample_matches_the_stock_upsampler(stride, causal):
     up = LTX2VideoUpsampler3d(in_channels=8, stride=stride, upscale_factor=2).eval()
     x = torch.randn(1, 8, 3, 4, 5)
     with torch.no_grad():
-        torch.testing.assert_close(decoder._upsample(up, x, causal), up(x, causal=causal), rtol=0, atol=1e-6)
+        out, held = decoder._upsample(up, x, decoder.Frames(0, 3, 3), causal)
+        torch.testing.assert_close(out, up(x, causal=causal), rtol=0, atol=1e-6)
+    assert held == decoder.Frames(0, 3 * stride[0] - (stride[0] - 1), 3 * stride[0] - (stride[0] - 1))
+
+
+@pytest.mark.parametrize("stride", [(2, 2, 2), (1, 2, 2)])
+def test_a_cropped_upsample_keeps_its_first_frames_and_says_where_they_are(stride):
+    """Input frames 1–3 of 4 (no frame 0, so nothing is dropped): the stock output's frames from 2·1 − 1."""
+    torch.manual_seed(0)
+    up = LTX2VideoUpsampler3d(in_channels=8, stride=stride, upscale_factor=2).eval()
+    x = torch.randn(1, 8, 4, 2, 3, dtype=torch.float64)
+    up = up.double()
+    with torch.no_grad():
+        whole = up(x, causal=False)
+        out, held = decoder._upsample(up, x[:, :, 1:], decoder.Frames(1, 4, 4), causal=False)
+    st = stride[0]
+    # A cropped start is not padded: the conv's first output is input frame 2, which lands at 2·st − (st−1).
+    assert held == decoder.Frames(2 * st - (st - 1), 4 * st - (st - 1), whole.shape[2])
+    torch.testing.assert_close(out, whole[:, :, held.start : held.stop], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -98,6 +116,60 @@ def test_forward_matches_the_stock_decoder_for_any_latent_shape(vae, frames, hei
     with torch.no_grad():
         out = decoder.forward(vae.decoder, z)
     assert relative(out, stock(vae.decoder, z, False)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def vae64() -> AutoencoderKLLTX2Video:
+    return tiny_video_vae().eval().double()
+
+
+@settings(max_examples=20, deadline=None)
+@given(latents=st.integers(1, 6), causal=st.booleans(), data=st.data())
+def test_some_frames_of_the_forward_are_those_of_the_whole_decode(vae64, latents, causal, data):
+    """Every cropped activation still holds what the asked-for frames depend on: equal but for the float32
+    rounding of the norms (a frame that lost context would differ by whole values)."""
+    total = 8 * (latents - 1) + 1
+    start = data.draw(st.integers(0, total - 1))
+    stop = data.draw(st.integers(start + 1, total))
+    z = torch.randn(1, vae64.config.latent_channels, latents, 1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        whole = decoder.forward(vae64.decoder, z, causal=causal)
+        some = decoder.forward(vae64.decoder, z, causal=causal, frames=(start, stop))
+    assert some.shape[2] == stop - start
+    assert relative(some, whole[:, :, start:stop]) < 1e-5
+
+
+def test_a_render_span_crops_to_its_emitted_frames_plus_each_stages_reach():
+    """The 2.3 decoder on a 72-latent span emitting frames 57–505 (56 latents with 8 of margin each side):
+    the first stages need every latent (their reach is ±14 latents), conv_out one frame each side."""
+    with torch.device("meta"):
+        dec = AutoencoderKLLTX2Video(**VIDEO_VAE_2_3).decoder
+    stages = [dec.conv_in, *decoder._middle(dec), dec.conv_out]
+    wanted = decoder._wanted(stages, False, 72, dec.patch_size_t, (57, 505))
+    assert wanted[0] == decoder.Frames(0, 72, 72)
+    assert wanted[-2:] == [decoder.Frames(56, 506, 569), decoder.Frames(57, 505, 569)]
+    whole = decoder._wanted(stages, False, 72, dec.patch_size_t, None)
+    assert all(w.start == 0 and w.stop == w.total for w in whole)
+
+
+@pytest.mark.parametrize("frames", [(-1, 3), (3, 3), (0, 10)])
+def test_frames_outside_the_decode_are_refused(vae, frames):
+    with pytest.raises(ValueError, match="not within the 9 decoded frames"):
+        decoder.forward(vae.decoder, torch.zeros(1, vae.config.latent_channels, 2, 1, 1), frames=frames)
+
+
+def test_decode_asks_an_installed_decoder_for_its_frames_and_slices_another():
+    vae = tiny_video_vae().eval()
+    z = torch.randn(1, vae.config.latent_channels, 3, 1, 1)
+    with torch.no_grad():
+        whole = vae.decoder(z, None)
+        assert torch.equal(decoder.decode(vae.decoder, z, None, (4, 9)), whole[:, :, 4:9])
+        decoder.install(vae.decoder)
+        calls = []
+        vae.decoder.register_forward_hook(lambda m, args, kwargs, out: calls.append(kwargs), with_kwargs=True)
+        cropped = decoder.decode(vae.decoder, z, None, (4, 9))
+    assert calls == [{"frames": (4, 9)}]
+    assert relative(cropped, whole[:, :, 4:9]) < 1e-5
 
 
 def test_forward_refuses_a_timestep():
@@ -161,9 +233,9 @@ def test_the_render_decodes_fused_only_with_compile_on(fused, background):
 def test_the_render_decodes_in_tiles_of_the_area_it_is_given(monkeypatch):
     calls = []
 
-    def decode(vae, z, tile_area):
-        calls.append(("decode", tile_area))
-        return torch.zeros(17, 64, 64, 3, dtype=torch.uint8)
+    def decode(vae, z, tile_area, frames):
+        calls.append(("decode", tile_area, frames))
+        return torch.zeros(frames[1] - frames[0], 64, 64, 3, dtype=torch.uint8)
 
     monkeypatch.setattr(render, "decode_video", decode)
     vae = tiny_video_vae().eval()
@@ -174,5 +246,5 @@ def test_the_render_decodes_in_tiles_of_the_area_it_is_given(monkeypatch):
     stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (span,), writer, True, True, 640)
     stream.push(0, torch.zeros(1, vae.config.latent_channels, 3, 2, 2))
     stream.close()
-    assert calls == [("decode", 640)]  # nothing compiles before it: the Triton kernels load on first use
+    assert calls == [("decode", 640, (0, 17))]  # nothing compiles first: the Triton kernels load on first use
     assert [f.shape[0] for f in frames] == [17]

@@ -85,13 +85,15 @@ def test_an_input_in_the_standard_layout_gives_the_same_result():
     height=st.integers(1, 3),
     width=st.integers(1, 3),
     stride=st.sampled_from([(2, 2, 2), (2, 1, 1), (1, 2, 2), (1, 1, 1)]),
+    drop=st.booleans(),
 )
-def test_depth_to_space_rearranges_exactly(batch, channels, frames, height, width, stride):
+def test_depth_to_space_rearranges_exactly(batch, channels, frames, height, width, stride, drop):
     factor = stride[0] * stride[1] * stride[2]
     x = activation((batch, channels * factor, frames, height, width), torch.bfloat16)
-    out = decoder_kernels.depth_to_space(x, stride)
+    out = decoder_kernels.depth_to_space(x, stride, drop=drop)
     assert out.is_contiguous(memory_format=CHANNELS_LAST)
-    assert torch.equal(out, decoder.depth_to_space(x, stride))
+    assert out.shape[2] == frames * stride[0] - (stride[0] - 1 if drop else 0)
+    assert torch.equal(out, decoder.depth_to_space(x, stride, drop))
 
 
 @settings(max_examples=20, deadline=None)
@@ -137,6 +139,8 @@ def test_the_fused_forward_through_the_kernels_matches_the_stock_decoder(causal,
         ref = type(vae.decoder).forward(vae.decoder, z.contiguous(), None, causal=causal)
         decoder.install(vae.decoder)
         out = decoder.forward(vae.decoder, z, causal=causal)
+        some = decoder.forward(vae.decoder, z, causal=causal, frames=(5, 19))
     torch.backends.cudnn.allow_tf32 = True
     assert out.shape == ref.shape == (1, 3, 25, 64, 96)
     assert float((out - ref).norm() / ref.norm()) < 1e-5
+    assert float((some - ref[:, :, 5:19]).norm() / ref[:, :, 5:19].norm()) < 1e-5

@@ -228,7 +228,8 @@ def test_decode_spans_emit_every_frame_exactly_once_with_margin(
         assert span.end == ends[span.window]
         assert span.start == 0 or latent_of(span.emit_start) - span.start >= margin
         assert last or span.end - latent_of(span.emit_end - 1) > margin
-        assert span.offset >= 0 and span.offset + span.emit_end - span.emit_start <= span.frames
+        assert 0 <= span.kept[0] < span.kept[1] <= span.frames
+        assert span.kept[1] - span.kept[0] == span.emit_end - span.emit_start
     chosen = decode_margin(plan)
     assert max(s.frames for s in decode_spans(plan, chosen)) < frame_budget(plan)
 
@@ -240,10 +241,10 @@ def test_latent_stream_puts_every_frame_where_its_latent_is() -> None:
     decoded: list[int] = []
     out: list[torch.Tensor] = []
 
-    def decode(z: torch.Tensor) -> torch.Tensor:
+    def decode(z: torch.Tensor, frames: tuple[int, int]) -> torch.Tensor:
         decoded.append(z.shape[2])
         index = torch.tensor([latent_of(d) for d in range(decoded_frames(z.shape[2]))])
-        return z[0, 0, index, 0, 0]
+        return z[0, 0, index, 0, 0][frames[0] : frames[1]]
 
     stream = LatentStream(plan, spans, decode, out.append)
     for window in plan.windows:
@@ -263,12 +264,12 @@ def stream_frames(
     with its latent; return the emitted chunks and the stream's busy seconds."""
     out: list[torch.Tensor] = []
 
-    def decode(z: torch.Tensor) -> torch.Tensor:
+    def decode(z: torch.Tensor, frames: tuple[int, int]) -> torch.Tensor:
         if fail_at is not None and len(out) == fail_at:
             raise RuntimeError("decoder failed")
         time.sleep(0.01)
         index = torch.tensor([latent_of(d) for d in range(decoded_frames(z.shape[2]))])
-        return z[0, 0, index, 0, 0]
+        return z[0, 0, index, 0, 0][frames[0] : frames[1]]
 
     stream = LatentStream(plan, decode_spans(plan, 4), decode, out.append, background=background)
     try:
@@ -316,7 +317,7 @@ def test_a_stage_inside_another_pauses_it(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_latent_stream_refuses_windows_out_of_order() -> None:
     plan = plan_of(12.0)
-    stream = LatentStream(plan, decode_spans(plan, 4), lambda z: z, lambda f: None)
+    stream = LatentStream(plan, decode_spans(plan, 4), lambda z, frames: z, lambda f: None)
     with pytest.raises(ValueError, match="gap"):
         stream.push(2, torch.zeros(1, 1, 12, 1, 1))
 
@@ -488,8 +489,9 @@ def test_six_windows_never_hold_more_than_two_windows_of_decoded_frames(
     sidecar = render_song(make_inputs(tmp_path, 12.0), tmp_path / "video.mp4", sigmas=(1.0, 0.0))
     peak = sidecar["decode"]["writer_peak_queued_frames"]
     assert len(sidecar["windows"]) == 6 and len(decoded) == 6
-    assert decoded == [span["frames"] for span in sidecar["decode"]["spans"]]
-    assert max(decoded) <= WIN_PX + 16 * sidecar["decode"]["margin"]
+    spans = sidecar["decode"]["spans"]
+    assert decoded == [span["emit_end"] - span["emit_start"] for span in spans]  # only what each emits
+    assert max(span["frames"] for span in spans) <= WIN_PX + 16 * sidecar["decode"]["margin"]
     assert 0 < peak <= sidecar["decode"]["writer_max_queued_frames"]
     assert max(decoded) + peak <= 2 * WIN_PX
 

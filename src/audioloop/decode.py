@@ -53,6 +53,11 @@ class DecodeSpan:
         """Index of output frame emit_start within the decoded frames."""
         return self.emit_start - TEMPORAL * self.start
 
+    @property
+    def kept(self) -> tuple[int, int]:
+        """The decoded frames [start, stop) that the span emits."""
+        return self.offset, self.offset + self.emit_end - self.emit_start
+
 
 def decoded_frames(latents: int) -> int:
     """Pixel frames of a decoded run of latents (the first latent is one frame, the others eight)."""
@@ -117,7 +122,8 @@ class LatentStream:
     """Collects each final window's latents on the timeline, decodes its span and hands the frames on.
 
     Only the latents a later span still needs are kept, so memory does not grow with the song's length.
-    `decode` maps latents [1, C, L, h, w] to uint8 frames [8(L−1)+1, H, W, 3]; `emit` receives the frames.
+    `decode(latents, frames=(start, stop))` maps latents [1, C, L, h, w] to those of their decoded uint8
+    frames [8(L−1)+1, H, W, 3] that the span emits (so a decoder may skip the rest); `emit` receives them.
     With `background`, each span decodes and emits on a worker thread (on CUDA, on a side stream) while the
     caller samples the next window; one span at a time, so at most one span's frames exist beside the
     writer's queue. `busy` is the seconds spent decoding, wherever it ran.
@@ -127,7 +133,7 @@ class LatentStream:
         self,
         plan: Plan,
         spans: tuple[DecodeSpan, ...],
-        decode: Callable[[Tensor], Tensor],
+        decode: Callable[..., Tensor],
         emit: Callable[[Tensor], None],
         background: bool = False,
     ) -> None:
@@ -188,9 +194,9 @@ class LatentStream:
         """Decode one span and emit its frames; `ready` (CUDA) marks the caller's stream producing latents."""
         began = time.perf_counter()
         with _side_stream(latents, ready):
-            frames = self._decode(latents)
+            frames = self._decode(latents, frames=span.kept)
         self.busy += time.perf_counter() - began
-        self._emit(frames[span.offset : span.offset + span.emit_end - span.emit_start])
+        self._emit(frames)
 
 
 @contextmanager

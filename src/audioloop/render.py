@@ -30,7 +30,7 @@ from diffusers import LTX2VideoTransformer3DModel
 from torch import Tensor
 
 from audioloop.config import Settings
-from audioloop.decode import DecodeSpan, LatentStream, queue_limit
+from audioloop.decode import DecodeSpan, LatentStream, decoded_frames, queue_limit
 from audioloop.errors import Interrupted, RenderError, SettingsError
 from audioloop.job import Job, audio_slice
 from audioloop.media.audio import SourceAudio, log_mel
@@ -47,7 +47,7 @@ from audioloop.models.latents import (
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import TextEmbedding, encode_prompts
 from audioloop.parallel import from_rank0, is_rank0, same_on_every_rank
-from audioloop.plan import TEMPORAL, Plan, Window, audio_tokens
+from audioloop.plan import Plan, Window, audio_tokens
 from audioloop.progress import RenderProgress
 from audioloop.sampling.adain import adain_frames
 from audioloop.sampling.layout import WindowLayout, first_window, next_window
@@ -441,8 +441,11 @@ def _context(
         return previous[:, :, -ov_lat:]
 
     def reencode() -> Tensor:
-        frames = decode_video(components.video_vae, previous)
-        return encode_frames(components.video_vae, frames[-(TEMPORAL * (ov_lat - 1) + 1) :]).to(previous)
+        decoded = decoded_frames(previous.shape[2])
+        frames = decode_video(
+            components.video_vae, previous, frames=(decoded - decoded_frames(ov_lat), decoded)
+        )
+        return encode_frames(components.video_vae, frames).to(previous)
 
     return from_rank0(reencode, like=previous[:, :, -ov_lat:]) if parallel else reencode()
 

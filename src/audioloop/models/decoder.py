@@ -9,12 +9,21 @@ kernel on CUDA, `decoder_kernels`; PyTorch elsewhere), and on CUDA activations a
 channels-last (NDHWC). Measured on an H200 (bench/RESULTS.md): a span decodes in 0.89 s instead of 1.31 s,
 the convolutions 11% faster in NDHWC, peak memory 14.9 GiB instead of 23.4 GiB.
 
+A render span decodes 16 latents of margin that it does not emit (`audioloop.decode`), but its last stages
+reach only a few frames: asked for some of its frames, `forward` crops every activation in time to what those
+frames depend on, so each conv computes only outputs that reach them (a render span's convolutions then do
+86% of the whole decode's FLOPs).
+Every kept value sees the same inputs as in the whole decode, so the frames are the same up to float
+rounding; a cropped edge is not padded, only the true ends of the time axis are.
+
 Only the 2.3 decoder's building blocks are covered (no noise injection, no timestep conditioning, no residual
-upsamplers); `supports` says whether a decoder is, `forward` runs it, `install` makes it the decoder's.
+upsamplers); `supports` says whether a decoder is, `forward` runs it, `install` makes it the decoder's and
+`decode` asks an installed decoder for some frames.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -52,13 +61,13 @@ def norm_silu_pad(x: Tensor, before: int, after: int) -> Tensor:
     return pad_time(F.silu(y).to(x.dtype), before, after)
 
 
-def depth_to_space(x: Tensor, stride: tuple[int, int, int]) -> Tensor:
-    """The upsampler's rearrangement: channels (c, st, sh, sw) → time ×st, height ×sh, width ×sw, then the
-    first st−1 frames dropped (the causal upsampling's extra frames)."""
+def depth_to_space(x: Tensor, stride: tuple[int, int, int], drop: bool = True) -> Tensor:
+    """The upsampler's rearrangement: channels (c, st, sh, sw) → time ×st, height ×sh, width ×sw, then (with
+    `drop`) the first st−1 frames dropped (the causal upsampling's extra frames)."""
     b, _, t, h, w = x.shape
     st, sh, sw = stride
     y = x.reshape(b, -1, st, sh, sw, t, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    return y.reshape(b, -1, t * st, h * sh, w * sw)[:, :, st - 1 :]
+    return y.reshape(b, -1, t * st, h * sh, w * sw)[:, :, st - 1 if drop else 0 :]
 
 
 def _triton(x: Tensor) -> bool:
@@ -74,23 +83,43 @@ def _conv(conv: nn.Conv3d, x: Tensor) -> tuple[Tensor, Tensor | None]:
     return conv._conv_forward(x, conv.weight, None), conv.bias
 
 
-def _pad(
-    x: Tensor, conv: LTX2VideoCausalConv3d, causal: bool, norm: bool, bias: Tensor | None = None
-) -> Tensor:
-    """A conv's input: x (+ the `bias` `_conv` left) time-padded for `conv`, normed and SiLU'd first when
-    `norm` (norm_silu_pad); one Triton pass with a channels-last result where `_triton`, else PyTorch."""
-    before, after = time_padding(conv, causal)
+@dataclass(frozen=True)
+class Frames:
+    """Frames [start, stop) of a time axis `total` frames long: what a (cropped) activation holds."""
+
+    start: int
+    stop: int
+    total: int
+
+    def crop(self, x: Tensor, to: Frames) -> Tensor:
+        """x, which holds these frames, cut down to the frames `to` (which these contain)."""
+        return x[:, :, to.start - self.start : to.stop - self.start]
+
+
+def _edges(conv: LTX2VideoCausalConv3d, causal: bool, held: Frames) -> tuple[int, int, Frames]:
+    """The replicate padding `conv`'s input gets where `held` reaches an end of the time axis (a cropped side
+    gets none), and the frames the conv's output then holds."""
+    reach_before, reach_after = time_padding(conv, causal)
+    before = reach_before if held.start == 0 else 0
+    after = reach_after if held.stop == held.total else 0
+    out = Frames(held.start + reach_before - before, held.stop - reach_after + after, held.total)
+    return before, after, out
+
+
+def _pad(x: Tensor, before: int, after: int, norm: bool, bias: Tensor | None = None) -> Tensor:
+    """A conv's input: x (+ the `bias` `_conv` left) time-padded, normed and SiLU'd first when `norm`
+    (norm_silu_pad); one Triton pass with a channels-last result where `_triton`, else PyTorch."""
     if _triton(x):
         return decoder_kernels.pad_time(x, before, after, RMS_EPS if norm else None, bias)
     return (norm_silu_pad if norm else pad_time)(x, before, after)
 
 
-def _spread(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None) -> Tensor:
-    """depth_to_space of x (+ the `bias` `_conv` left), one Triton pass with a channels-last result where
-    `_triton`."""
+def _spread(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None, drop: bool) -> Tensor:
+    """depth_to_space of x (+ the `bias` `_conv` left), its first st−1 frames dropped only with `drop` (x
+    starts the time axis); one Triton pass with a channels-last result where `_triton`."""
     if _triton(x):
-        return decoder_kernels.depth_to_space(x, stride, bias)
-    return depth_to_space(x, stride)
+        return decoder_kernels.depth_to_space(x, stride, bias, drop)
+    return depth_to_space(x, stride, drop)
 
 
 def _residual(h: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
@@ -98,22 +127,39 @@ def _residual(h: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     return h + x if bias is None else decoder_kernels.residual(h, bias, x)
 
 
-def _resnet(block: LTX2VideoResnetBlock3d, x: Tensor, causal: bool) -> Tensor:
+def _padded_conv(
+    conv: LTX2VideoCausalConv3d, x: Tensor, held: Frames, causal: bool, norm: bool, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor | None, Frames]:
+    """`conv` of x (which holds `held`), padded at the true ends of the time axis: (output, the bias still to
+    add, the frames the output holds)."""
+    before, after, out = _edges(conv, causal, held)
+    h, bias = _conv(conv.conv, _pad(x, before, after, norm, bias))
+    return h, bias, out
+
+
+def _resnet(block: LTX2VideoResnetBlock3d, x: Tensor, held: Frames, causal: bool) -> tuple[Tensor, Frames]:
     """LTX2VideoResnetBlock3d.forward without noise or timestep modulation: one fused pass before each conv,
-    each conv's bias added by the pass after it."""
-    h, bias = _conv(block.conv1.conv, _pad(x, block.conv1, causal, norm=True))
-    h, bias = _conv(block.conv2.conv, _pad(h, block.conv2, causal, norm=True, bias=bias))
+    each conv's bias added by the pass after it; the shortcut cut to the frames the convs keep."""
+    h, bias, inner = _padded_conv(block.conv1, x, held, causal, norm=True)
+    h, bias, out = _padded_conv(block.conv2, h, inner, causal, norm=True, bias=bias)
+    x = held.crop(x, out)
     if block.norm3 is not None:
         x = block.norm3(x.movedim(1, -1)).movedim(-1, 1)
     if block.conv_shortcut is not None:
         x = block.conv_shortcut(x)
-    return _residual(h, bias, x)
+    return _residual(h, bias, x), out
 
 
-def _upsample(upsampler: LTX2VideoUpsampler3d, x: Tensor, causal: bool) -> Tensor:
-    """LTX2VideoUpsampler3d.forward without the residual: padded conv, then depth-to-space (with its bias)."""
-    h, bias = _conv(upsampler.conv.conv, _pad(x, upsampler.conv, causal, norm=False))
-    return _spread(h, upsampler.stride, bias)
+def _upsample(
+    upsampler: LTX2VideoUpsampler3d, x: Tensor, held: Frames, causal: bool
+) -> tuple[Tensor, Frames]:
+    """LTX2VideoUpsampler3d.forward without the residual: padded conv, then depth-to-space (with its bias),
+    which drops the causal upsampling's extra frames only at the start of the time axis."""
+    h, bias, out = _padded_conv(upsampler.conv, x, held, causal, norm=False)
+    st = upsampler.stride[0]
+    start = 0 if out.start == 0 else out.start * st - (st - 1)
+    spread = Frames(start, out.stop * st - (st - 1), out.total * st - (st - 1))
+    return _spread(h, upsampler.stride, bias, drop=out.start == 0), spread
 
 
 def _unpatchify(x: Tensor, p: int, p_t: int) -> Tensor:
@@ -139,33 +185,116 @@ def supports(decoder: LTX2VideoDecoder3d) -> bool:
 
 
 def forward(
-    decoder: LTX2VideoDecoder3d, z: Tensor, temb: Tensor | None = None, causal: bool | None = None
+    decoder: LTX2VideoDecoder3d,
+    z: Tensor,
+    temb: Tensor | None = None,
+    causal: bool | None = None,
+    frames: tuple[int, int] | None = None,
 ) -> Tensor:
     """LTX2VideoDecoder3d.forward for a decoder that `supports` accepts (so `temb` is None): latents
-    [B, C, F, h, w] → pixels [B, 3, 8(F−1)+1, 32h, 32w], NCDHW as diffusers returns them."""
+    [B, C, F, h, w] → pixels [B, 3, 8(F−1)+1, 32h, 32w], NCDHW as diffusers returns them; with `frames`
+    (start, stop), only those frames, each activation cropped in time to what they depend on."""
     if temb is not None:
         raise ValueError("the fused decoder has no timestep conditioning; decode with the stock forward")
     causal = causal or decoder.is_causal
     if z.is_cuda:
         z = decoder_kernels.channels_last(z)
-    x = decoder.conv_in.conv(_pad(z, decoder.conv_in, causal, norm=False))
-    for resnet in decoder.mid_block.resnets:
-        x = _resnet(resnet, x, causal)
+    stages = [decoder.conv_in, *_middle(decoder), decoder.conv_out]
+    wanted = _wanted(stages, causal, z.shape[2], decoder.patch_size_t, frames)
+    x, held = z, Frames(0, z.shape[2], z.shape[2])
+    for stage, want in zip(stages, wanted[:-1], strict=True):
+        x = held.crop(x, want)
+        x, held = _stage(decoder, stage, x, want, causal)
+    x = _unpatchify(held.crop(x, wanted[-1]), decoder.patch_size, decoder.patch_size_t)
+    if frames is not None:
+        skip = frames[0] - wanted[-1].start * decoder.patch_size_t
+        x = x[:, :, skip : skip + frames[1] - frames[0]]
+    return x.contiguous()
+
+
+def _middle(decoder: LTX2VideoDecoder3d) -> list[nn.Module]:
+    """The resnets and upsamplers between conv_in and conv_out, in the order the decoder runs them."""
+    stages = list(decoder.mid_block.resnets)
     for block in decoder.up_blocks:
         if block.conv_in is not None:
-            x = _resnet(block.conv_in, x, causal)
-        for upsampler in block.upsamplers or ():
-            x = _upsample(upsampler, x, causal)
-        for resnet in block.resnets:
-            x = _resnet(resnet, x, causal)
-    x = decoder.conv_out.conv(_pad(x, decoder.conv_out, causal, norm=True))
-    return _unpatchify(x, decoder.patch_size, decoder.patch_size_t).contiguous()
+            stages.append(block.conv_in)
+        stages += [*(block.upsamplers or ()), *block.resnets]
+    return stages
+
+
+def _stage(
+    decoder: LTX2VideoDecoder3d, stage: nn.Module, x: Tensor, held: Frames, causal: bool
+) -> tuple[Tensor, Frames]:
+    """One stage of `forward` on x, which holds `held`: its output and the frames that holds. conv_in and
+    conv_out add their own biases (nothing runs after conv_out, and conv_in's output feeds a residual)."""
+    if isinstance(stage, LTX2VideoResnetBlock3d):
+        return _resnet(stage, x, held, causal)
+    if isinstance(stage, LTX2VideoUpsampler3d):
+        return _upsample(stage, x, held, causal)
+    before, after, out = _edges(stage, causal, held)
+    return stage.conv(_pad(x, before, after, norm=stage is decoder.conv_out)), out
+
+
+def _wanted(
+    stages: list[nn.Module], causal: bool, latents: int, patch_t: int, frames: tuple[int, int] | None
+) -> list[Frames]:
+    """The frames each stage's input must hold for the output `frames` (None: all of them), then those the
+    last stage's output must: walking back from the output, each stage reads its reach around what is
+    wanted of it, up to the ends of the time axis."""
+    totals = [latents]
+    for stage in stages:
+        st = stage.stride[0] if isinstance(stage, LTX2VideoUpsampler3d) else 1
+        totals.append(totals[-1] * st - (st - 1))
+    out_frames = totals[-1] * patch_t
+    start, stop = (0, out_frames) if frames is None else frames
+    if not 0 <= start < stop <= out_frames:
+        raise ValueError(f"frames {start}–{stop} are not within the {out_frames} decoded frames")
+    wanted = [Frames(start // patch_t, (stop - 1) // patch_t + 1, totals[-1])]
+    for stage, total in zip(reversed(stages), reversed(totals[:-1]), strict=True):
+        wanted.insert(0, _reads(stage, causal, wanted[0], total))
+    return wanted
+
+
+def _reads(stage: nn.Module, causal: bool, out: Frames, total: int) -> Frames:
+    """The frames of a stage's input (`total` long) that its output frames `out` depend on."""
+    start, stop = out.start, out.stop
+    if isinstance(stage, LTX2VideoUpsampler3d):
+        st = stage.stride[
+            0
+        ]  # output frame j is frame j + st − 1 before the drop: input frame (j + st − 1)//st
+        start, stop = (start + st - 1) // st, (stop + st - 2) // st + 1
+        convs = [stage.conv]
+    elif isinstance(stage, LTX2VideoResnetBlock3d):
+        convs = [stage.conv1, stage.conv2]
+    else:
+        convs = [stage]
+    for conv in convs:
+        before, after = time_padding(conv, causal)
+        start, stop = start - before, stop + after
+    return Frames(max(start, 0), min(stop, total), total)
+
+
+def installed(decoder: LTX2VideoDecoder3d) -> bool:
+    """Whether `install` made `forward` this decoder's forward."""
+    return "forward" in vars(decoder)
+
+
+def decode(
+    decoder: LTX2VideoDecoder3d, z: Tensor, temb: Tensor | None, frames: tuple[int, int] | None = None
+) -> Tensor:
+    """decoder(z, temb)'s output frames [start, stop) (all when `frames` is None): an installed decoder
+    computes only what they need, another decodes everything and is sliced."""
+    if frames is None:
+        return decoder(z, temb)
+    if installed(decoder):
+        return decoder(z, temb, frames=frames)
+    return decoder(z, temb)[:, :, frames[0] : frames[1]]
 
 
 def install(decoder: LTX2VideoDecoder3d) -> bool:
     """Make `forward` the decoder's forward for good, with its conv weights channels-last on CUDA (what its
     activations are there); idempotent, and a no-op returning False for a decoder `supports` refuses."""
-    if "forward" in vars(decoder):
+    if installed(decoder):
         return True
     if not supports(decoder):
         return False

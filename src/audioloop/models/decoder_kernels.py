@@ -73,6 +73,7 @@ def kernels() -> SimpleNamespace | None:
         frames,
         height,
         width,
+        drop,
         C,
         BLOCK_C: tl.constexpr,
         BLOCK_R: tl.constexpr,
@@ -87,9 +88,9 @@ def kernels() -> SimpleNamespace | None:
         h = (p // width) % height
         t = (p // (width * height)) % frames
         b = p // (width * height * frames)
-        frames_out = frames * ST - (ST - 1)
+        frames_out = frames * ST - drop
         for k in tl.static_range(ST * SH * SW):
-            t_out = t * ST + k // (SH * SW) - (ST - 1)
+            t_out = t * ST + k // (SH * SW) - drop
             h_out = h * SH + (k // SW) % SH
             w_out = w * SW + k % SW
             row = ((b * frames_out + t_out) * height * SH + h_out) * width * SW + w_out
@@ -168,15 +169,18 @@ def pad_time(
     return out
 
 
-def depth_to_space(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None = None) -> Tensor:
+def depth_to_space(
+    x: Tensor, stride: tuple[int, int, int], bias: Tensor | None = None, drop: bool = True
+) -> Tensor:
     """The upsampler's rearrangement of x [B, C·st·sh·sw, T, H, W] (plus a per-channel `bias`; channels
-    (c, st, sh, sw)) into [B, C, T·st − (st−1), H·sh, W·sw], the first st−1 frames dropped: channels-last,
+    (c, st, sh, sw)) into [B, C, T·st, H·sh, W·sw], less the first st−1 frames with `drop`: channels-last,
     one pass."""
     x = channels_last(x)
     b, k, t, h, w = x.shape
     st, sh, sw = stride
     c = k // (st * sh * sw)
-    out = _empty(x, (b, c, t * st - (st - 1), h * sh, w * sw))
+    dropped = st - 1 if drop else 0
+    out = _empty(x, (b, c, t * st - dropped, h * sh, w * sw))
     rows = b * t * h * w
     grid, block_c, block_r = _grid(rows, c)
     kernels().spread_rows[grid](
@@ -187,6 +191,7 @@ def depth_to_space(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None 
         t,
         h,
         w,
+        dropped,
         c,
         BLOCK_C=block_c,
         BLOCK_R=block_r,

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
 
+from audioloop.models import decoder as vae_decoder
+
 VIDEO_TEMPORAL_FACTOR = 8
 # Decode tiles: equal tiles of at most DECODE_TILE_AREA latents² (the decoder's memory grows with a tile's
 # area), the fewest decoded pixels in all: 832×480 decodes whole, 1664×960 in two 896-px columns. Diffusers'
@@ -79,9 +81,13 @@ def encode_frames(video_vae: AutoencoderKLLTX2Video, frames: torch.Tensor) -> to
 
 
 def decode_video(
-    video_vae: AutoencoderKLLTX2Video, z: torch.Tensor, tile_area: int = DECODE_TILE_AREA
+    video_vae: AutoencoderKLLTX2Video,
+    z: torch.Tensor,
+    tile_area: int = DECODE_TILE_AREA,
+    frames: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """Normalised [1, C, F, h, w] → uint8 [8(F−1)+1, 32h, 32w, 3] on the CPU.
+    """Normalised [1, C, F, h, w] → uint8 [8(F−1)+1, 32h, 32w, 3] on the CPU, or only its frames
+    [start, stop) with `frames` (the fused decoder then computes only what they depend on).
 
     Frames of more than `tile_area` latents² are decoded in equal spatial tiles (`tile_grid`), blended
     linearly where they overlap. Never in temporal tiles: each blended temporal seam shows as a visible
@@ -93,7 +99,7 @@ def decode_video(
     latents = denormalize_video(z.to(device=device, dtype=torch.float32), video_vae).to(dtype)
     timestep = torch.zeros(1, device=device, dtype=dtype) if video_vae.config.timestep_conditioning else None
     with torch.inference_mode():
-        video = _decode_tiles(video_vae, latents, timestep, tile_area)
+        video = _decode_tiles(video_vae, latents, timestep, tile_area, frames)
     return _to_uint8(video[0])
 
 
@@ -160,19 +166,24 @@ def blend_weights(spans: tuple[tuple[int, int], ...], scale: int) -> list[torch.
 
 
 def _decode_tiles(
-    vae: AutoencoderKLLTX2Video, latents: torch.Tensor, temb: torch.Tensor | None, tile_area: int
+    vae: AutoencoderKLLTX2Video,
+    latents: torch.Tensor,
+    temb: torch.Tensor | None,
+    tile_area: int,
+    frames: tuple[int, int] | None,
 ) -> torch.Tensor:
-    """The decoder's pixels [1, 3, F', H, W] for `latents`, tile by tile (`tile_grid`) when a frame exceeds
-    `tile_area`, each tile weighted by `blend_weights` into the frame in the decoder's dtype."""
+    """The decoder's pixels [1, 3, F', H, W] for `latents` (its `frames`, `decoder.decode`), tile by tile
+    (`tile_grid`) when a frame exceeds `tile_area`, each tile weighted by `blend_weights` into the frame in
+    the decoder's dtype."""
     factor = vae.spatial_compression_ratio
     rows, cols = tile_grid(*latents.shape[-2:], tile_area, DECODE_TILE_OVERLAP_PX // factor)
     if len(rows) == len(cols) == 1:
-        return vae.decoder(latents, temb)
+        return vae_decoder.decode(vae.decoder, latents, temb, frames)
     row_weights, col_weights = (blend_weights(spans, factor) for spans in (rows, cols))
     video = None
     for (y0, y1), wy in zip(rows, row_weights, strict=True):
         for (x0, x1), wx in zip(cols, col_weights, strict=True):
-            pixels = vae.decoder(latents[..., y0:y1, x0:x1].contiguous(), temb)
+            pixels = vae_decoder.decode(vae.decoder, latents[..., y0:y1, x0:x1].contiguous(), temb, frames)
             if video is None:
                 video = pixels.new_zeros(*pixels.shape[:3], *(n * factor for n in latents.shape[-2:]))
             pixels.mul_((wy[:, None] * wx).to(pixels))
