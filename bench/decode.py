@@ -178,9 +178,9 @@ def compiled_passes() -> Iterator[None]:
     def conv_with_bias(conv: nn.Module, x: Tensor) -> tuple[Tensor, None]:
         return conv(x), None
 
-    def pad(x: Tensor, before: int, after: int, norm: bool, bias: None = None) -> Tensor:
+    def pad(x: Tensor, conv: nn.Module, causal: bool, norm: bool, bias: None = None) -> Tensor:
         fn = decoder.norm_silu_pad if norm else decoder.pad_time
-        return compiled_pass(fn)(_dynamic_time(x), before, after)
+        return compiled_pass(fn)(_dynamic_time(x), *decoder.time_padding(conv, causal))
 
     def spread(x: Tensor, stride: tuple[int, int, int], bias: None, drop: bool) -> Tensor:
         return compiled_pass(decoder.depth_to_space)(_dynamic_time(x), stride, drop)

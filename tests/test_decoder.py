@@ -79,19 +79,20 @@ def test_upsample_matches_the_stock_upsampler(stride, causal):
 
 
 @pytest.mark.parametrize("stride", [(2, 2, 2), (1, 2, 2)])
-def test_a_cropped_upsample_keeps_its_first_frames_and_says_where_they_are(stride):
-    """Input frames 1–3 of 4 (no frame 0, so nothing is dropped): the stock output's frames from 2·1 − 1."""
+def test_a_cropped_upsample_drops_no_frame_and_says_where_its_frames_are(stride):
+    """Input frames 1–3 of 4 (no frame 0, so nothing is dropped): the stock output's frames from 1·st − (st−1)
+    on; the conv padded the cropped side, so only the frames of its outputs 2 and 3 are the stock ones."""
     torch.manual_seed(0)
-    up = LTX2VideoUpsampler3d(in_channels=8, stride=stride, upscale_factor=2).eval()
+    up = LTX2VideoUpsampler3d(in_channels=8, stride=stride, upscale_factor=2).eval().double()
     x = torch.randn(1, 8, 4, 2, 3, dtype=torch.float64)
-    up = up.double()
     with torch.no_grad():
         whole = up(x, causal=False)
         out, held = decoder._upsample(up, x[:, :, 1:], decoder.Frames(1, 4, 4), causal=False)
     st = stride[0]
-    # A cropped start is not padded: the conv's first output is input frame 2, which lands at 2·st − (st−1).
-    assert held == decoder.Frames(2 * st - (st - 1), 4 * st - (st - 1), whole.shape[2])
-    torch.testing.assert_close(out, whole[:, :, held.start : held.stop], rtol=0, atol=1e-12)
+    assert held == decoder.Frames(st - (st - 1), 4 * st - (st - 1), whole.shape[2])
+    assert out.shape[2] == held.stop - held.start
+    exact = 2 * st - (st - 1)  # the first frame of input frame 2's conv output
+    torch.testing.assert_close(out[:, :, exact - held.start :], whole[:, :, exact:], rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -150,6 +151,33 @@ def test_a_render_span_crops_to_its_emitted_frames_plus_each_stages_reach():
     assert wanted[-2:] == [decoder.Frames(56, 506, 569), decoder.Frames(57, 505, 569)]
     whole = decoder._wanted(stages, False, 72, dec.patch_size_t, None)
     assert all(w.start == 0 and w.stop == w.total for w in whole)
+
+
+def test_a_cropped_render_span_keeps_one_activation_length_per_time_resolution():
+    """The full-size 2.3 decoder on meta tensors: cropped for the render span's frames, its convs see one
+    input length per time resolution, as in the whole decode (each new shape costs cuDNN and Triton a
+    first-use setup in every process), none longer, and 90% of the whole decode's FLOPs."""
+    with torch.device("meta"):
+        dec = AutoencoderKLLTX2Video(**VIDEO_VAE_2_3).decoder
+    lengths, flops = [], []
+
+    def record(conv, args, out):
+        lengths.append(args[0].shape[2])
+        flops.append(2 * out.numel() * conv.weight[0].numel())
+
+    for module in dec.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.register_forward_hook(record)
+    z = torch.zeros(1, 128, 72, 15, 26, device="meta")
+    with torch.no_grad():
+        decoder.forward(dec, z)
+        whole, whole_flops = sorted(set(lengths)), sum(flops)
+        lengths.clear(), flops.clear()
+        out = decoder.forward(dec, z, frames=(57, 505))
+    cropped = sorted(set(lengths))
+    assert out.shape[2] == 448
+    assert whole == [74, 145, 287, 571] and cropped == [74, 144, 266, 494]
+    assert sum(flops) / whole_flops == pytest.approx(0.9015, abs=1e-4)
 
 
 @pytest.mark.parametrize("frames", [(-1, 3), (3, 3), (0, 10)])

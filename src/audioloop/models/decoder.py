@@ -9,12 +9,16 @@ kernel on CUDA, `decoder_kernels`; PyTorch elsewhere), and on CUDA activations a
 channels-last (NDHWC). Measured on an H200 (bench/RESULTS.md): a span decodes in 0.89 s instead of 1.31 s,
 the convolutions 11% faster in NDHWC, peak memory 14.9 GiB instead of 23.4 GiB.
 
-A render span decodes 16 latents of margin that it does not emit (`audioloop.decode`), but its last stages
-reach only a few frames: asked for some of its frames, `forward` crops every activation in time to what those
-frames depend on, so each conv computes only outputs that reach them (a render span's convolutions then do
-86% of the whole decode's FLOPs).
-Every kept value sees the same inputs as in the whole decode, so the frames are the same up to float
-rounding; a cropped edge is not padded, only the true ends of the time axis are.
+A render span decodes 16 latents of margin that it does not emit (`audioloop.decode`), but its later stages
+reach only a few frames. Asked for some of its frames, `forward` walks back from them to the frames each
+stage depends on, and crops the activation to those wherever its time resolution changes (at the start and
+after each temporal upsampler); a render span's convolutions then do 90% of the whole decode's FLOPs.
+Within a resolution every conv pads as in the whole decode, so a cropped side goes wrong by one frame more
+per conv, which never reaches the frames kept at the next crop: the kept frames are the whole decode's up to
+float rounding. Cropping only there keeps one activation length per resolution, as the whole decode has;
+cropping before every conv (87%) gave ~40 activation shapes, each new to cuDNN and Triton in every process,
+and an FP8 render's decoder thread spent 9.6 s more on its first spans (bench/RESULTS.md, seventeenth
+session).
 
 Only the 2.3 decoder's building blocks are covered (no noise injection, no timestep conditioning, no residual
 upsamplers); `supports` says whether a decoder is, `forward` runs it, `install` makes it the decoder's and
@@ -96,27 +100,20 @@ class Frames:
         return x[:, :, to.start - self.start : to.stop - self.start]
 
 
-def _edges(conv: LTX2VideoCausalConv3d, causal: bool, held: Frames) -> tuple[int, int, Frames]:
-    """The replicate padding `conv`'s input gets where `held` reaches an end of the time axis (a cropped side
-    gets none), and the frames the conv's output then holds."""
-    reach_before, reach_after = time_padding(conv, causal)
-    before = reach_before if held.start == 0 else 0
-    after = reach_after if held.stop == held.total else 0
-    out = Frames(held.start + reach_before - before, held.stop - reach_after + after, held.total)
-    return before, after, out
-
-
-def _pad(x: Tensor, before: int, after: int, norm: bool, bias: Tensor | None = None) -> Tensor:
-    """A conv's input: x (+ the `bias` `_conv` left) time-padded, normed and SiLU'd first when `norm`
-    (norm_silu_pad); one Triton pass with a channels-last result where `_triton`, else PyTorch."""
+def _pad(
+    x: Tensor, conv: LTX2VideoCausalConv3d, causal: bool, norm: bool, bias: Tensor | None = None
+) -> Tensor:
+    """A conv's input: x (+ the `bias` `_conv` left) time-padded for `conv`, normed and SiLU'd first when
+    `norm` (norm_silu_pad); one Triton pass with a channels-last result where `_triton`, else PyTorch."""
+    before, after = time_padding(conv, causal)
     if _triton(x):
         return decoder_kernels.pad_time(x, before, after, RMS_EPS if norm else None, bias)
     return (norm_silu_pad if norm else pad_time)(x, before, after)
 
 
 def _spread(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None, drop: bool) -> Tensor:
-    """depth_to_space of x (+ the `bias` `_conv` left), its first st−1 frames dropped only with `drop` (x
-    starts the time axis); one Triton pass with a channels-last result where `_triton`."""
+    """depth_to_space of x (+ the `bias` `_conv` left), its first st−1 frames dropped only with `drop`; one
+    Triton pass with a channels-last result where `_triton`."""
     if _triton(x):
         return decoder_kernels.depth_to_space(x, stride, bias, drop)
     return depth_to_space(x, stride, drop)
@@ -127,39 +124,29 @@ def _residual(h: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
     return h + x if bias is None else decoder_kernels.residual(h, bias, x)
 
 
-def _padded_conv(
-    conv: LTX2VideoCausalConv3d, x: Tensor, held: Frames, causal: bool, norm: bool, bias: Tensor | None = None
-) -> tuple[Tensor, Tensor | None, Frames]:
-    """`conv` of x (which holds `held`), padded at the true ends of the time axis: (output, the bias still to
-    add, the frames the output holds)."""
-    before, after, out = _edges(conv, causal, held)
-    h, bias = _conv(conv.conv, _pad(x, before, after, norm, bias))
-    return h, bias, out
-
-
-def _resnet(block: LTX2VideoResnetBlock3d, x: Tensor, held: Frames, causal: bool) -> tuple[Tensor, Frames]:
+def _resnet(block: LTX2VideoResnetBlock3d, x: Tensor, causal: bool) -> Tensor:
     """LTX2VideoResnetBlock3d.forward without noise or timestep modulation: one fused pass before each conv,
-    each conv's bias added by the pass after it; the shortcut cut to the frames the convs keep."""
-    h, bias, inner = _padded_conv(block.conv1, x, held, causal, norm=True)
-    h, bias, out = _padded_conv(block.conv2, h, inner, causal, norm=True, bias=bias)
-    x = held.crop(x, out)
+    each conv's bias added by the pass after it."""
+    h, bias = _conv(block.conv1.conv, _pad(x, block.conv1, causal, norm=True))
+    h, bias = _conv(block.conv2.conv, _pad(h, block.conv2, causal, norm=True, bias=bias))
     if block.norm3 is not None:
         x = block.norm3(x.movedim(1, -1)).movedim(-1, 1)
     if block.conv_shortcut is not None:
         x = block.conv_shortcut(x)
-    return _residual(h, bias, x), out
+    return _residual(h, bias, x)
 
 
 def _upsample(
     upsampler: LTX2VideoUpsampler3d, x: Tensor, held: Frames, causal: bool
 ) -> tuple[Tensor, Frames]:
-    """LTX2VideoUpsampler3d.forward without the residual: padded conv, then depth-to-space (with its bias),
-    which drops the causal upsampling's extra frames only at the start of the time axis."""
-    h, bias, out = _padded_conv(upsampler.conv, x, held, causal, norm=False)
+    """LTX2VideoUpsampler3d.forward without the residual on x, which holds `held`: padded conv, then
+    depth-to-space (with its bias), which drops the causal upsampling's extra frames only where x starts the
+    time axis; the result and the frames it holds."""
+    h, bias = _conv(upsampler.conv.conv, _pad(x, upsampler.conv, causal, norm=False))
     st = upsampler.stride[0]
-    start = 0 if out.start == 0 else out.start * st - (st - 1)
-    spread = Frames(start, out.stop * st - (st - 1), out.total * st - (st - 1))
-    return _spread(h, upsampler.stride, bias, drop=out.start == 0), spread
+    start = 0 if held.start == 0 else held.start * st - (st - 1)
+    spread = Frames(start, held.stop * st - (st - 1), held.total * st - (st - 1))
+    return _spread(h, upsampler.stride, bias, drop=held.start == 0), spread
 
 
 def _unpatchify(x: Tensor, p: int, p_t: int) -> Tensor:
@@ -202,14 +189,25 @@ def forward(
     stages = [decoder.conv_in, *_middle(decoder), decoder.conv_out]
     wanted = _wanted(stages, causal, z.shape[2], decoder.patch_size_t, frames)
     x, held = z, Frames(0, z.shape[2], z.shape[2])
-    for stage, want in zip(stages, wanted[:-1], strict=True):
-        x = held.crop(x, want)
-        x, held = _stage(decoder, stage, x, want, causal)
+    for k, stage in enumerate(stages):
+        if k == 0 or _time_stride(stages[k - 1]) > 1:  # a new time resolution
+            x, held = held.crop(x, wanted[k]), wanted[k]
+        if isinstance(stage, LTX2VideoUpsampler3d):
+            x, held = _upsample(stage, x, held, causal)
+        elif isinstance(stage, LTX2VideoResnetBlock3d):
+            x = _resnet(stage, x, causal)
+        else:  # conv_in and conv_out add their own biases: conv_in's output feeds a residual
+            x = stage.conv(_pad(x, stage, causal, norm=stage is decoder.conv_out))
     x = _unpatchify(held.crop(x, wanted[-1]), decoder.patch_size, decoder.patch_size_t)
     if frames is not None:
         skip = frames[0] - wanted[-1].start * decoder.patch_size_t
         x = x[:, :, skip : skip + frames[1] - frames[0]]
     return x.contiguous()
+
+
+def _time_stride(stage: nn.Module) -> int:
+    """How many times as many frames a stage's output has as its input: an upsampler's time stride, else 1."""
+    return stage.stride[0] if isinstance(stage, LTX2VideoUpsampler3d) else 1
 
 
 def _middle(decoder: LTX2VideoDecoder3d) -> list[nn.Module]:
@@ -222,19 +220,6 @@ def _middle(decoder: LTX2VideoDecoder3d) -> list[nn.Module]:
     return stages
 
 
-def _stage(
-    decoder: LTX2VideoDecoder3d, stage: nn.Module, x: Tensor, held: Frames, causal: bool
-) -> tuple[Tensor, Frames]:
-    """One stage of `forward` on x, which holds `held`: its output and the frames that holds. conv_in and
-    conv_out add their own biases (nothing runs after conv_out, and conv_in's output feeds a residual)."""
-    if isinstance(stage, LTX2VideoResnetBlock3d):
-        return _resnet(stage, x, held, causal)
-    if isinstance(stage, LTX2VideoUpsampler3d):
-        return _upsample(stage, x, held, causal)
-    before, after, out = _edges(stage, causal, held)
-    return stage.conv(_pad(x, before, after, norm=stage is decoder.conv_out)), out
-
-
 def _wanted(
     stages: list[nn.Module], causal: bool, latents: int, patch_t: int, frames: tuple[int, int] | None
 ) -> list[Frames]:
@@ -243,7 +228,7 @@ def _wanted(
     wanted of it, up to the ends of the time axis."""
     totals = [latents]
     for stage in stages:
-        st = stage.stride[0] if isinstance(stage, LTX2VideoUpsampler3d) else 1
+        st = _time_stride(stage)
         totals.append(totals[-1] * st - (st - 1))
     out_frames = totals[-1] * patch_t
     start, stop = (0, out_frames) if frames is None else frames
