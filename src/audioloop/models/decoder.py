@@ -244,9 +244,8 @@ def _reads(stage: nn.Module, causal: bool, out: Frames, total: int) -> Frames:
     """The frames of a stage's input (`total` long) that its output frames `out` depend on."""
     start, stop = out.start, out.stop
     if isinstance(stage, LTX2VideoUpsampler3d):
-        st = stage.stride[
-            0
-        ]  # output frame j is frame j + st − 1 before the drop: input frame (j + st − 1)//st
+        # Output frame j is frame j + st − 1 before the drop, which comes from input frame (j + st − 1)//st.
+        st = _time_stride(stage)
         start, stop = (start + st - 1) // st, (stop + st - 2) // st + 1
         convs = [stage.conv]
     elif isinstance(stage, LTX2VideoResnetBlock3d):
