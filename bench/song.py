@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import fullsize
+import threads
 from audioloop import demo, job, render
 from audioloop.config import load_settings
 from audioloop.job import prepare
@@ -145,6 +146,11 @@ def main() -> None:
         type=Path,
         help="audioloop cache dir kept across runs (compile artefacts); its text cache is emptied first",
     )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="time each decode span and sample the threads' stacks (threads.py)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="audioloop-song-"))
@@ -175,8 +181,10 @@ def main() -> None:
     timeline.watch()
     events = watch_fa4_import(timeline)
     began = timeline.origin = time.perf_counter()
+    trace = threads.SpanTrace(began) if args.trace else None
     document = render.render(prepared, timeline, on_window=lambda _: marks.append(time.perf_counter()))
     wall = time.perf_counter() - began
+    traced = trace.stop() if trace else {}
 
     timings = document["timings"]
     per_window = [b - a for a, b in zip([began, *marks], marks, strict=False)]
@@ -204,6 +212,7 @@ def main() -> None:
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / GiB if torch.cuda.is_available() else 0.0,
         "peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "output_bytes": Path(document["output"]).stat().st_size,
+        **traced,
     }
     (args.out / "song.json").write_text(json.dumps(results, indent=2))
     json.dump(results, sys.stdout, indent=2)
@@ -219,6 +228,11 @@ def main() -> None:
         print(f"  window {row['window']:2d}: {stages} | steps {steps}")
     for name, at in events.items():
         print(f"{name} {at:.2f} s; window 0 started at {timeline.windows[0]['start_s']:.2f} s")
+    for row in traced.get("spans", []):
+        times = {k: round(v - row["pushed_s"], 2) for k, v in row.items() if k.endswith("_s")}
+        print(f"  span after window {row['window']:2d} ({row.get('frames')} frames): {times}")
+    if traced.get("spans"):
+        print(f"  Triton's environment at the first span: {traced['spans'][0].get('triton_env')}")
     print(f"everything but load and sampling: {overhead:.1f} s = {share:.2f}% of the wall without load")
     print(f"peak GPU {results['peak_gpu_gib']:.1f} GiB, peak host RSS {results['peak_host_rss_gib']:.1f} GiB")
 
