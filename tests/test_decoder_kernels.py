@@ -144,3 +144,29 @@ def test_the_fused_forward_through_the_kernels_matches_the_stock_decoder(causal,
     assert out.shape == ref.shape == (1, 3, 25, 64, 96)
     assert float((out - ref).norm() / ref.norm()) < 1e-5
     assert float((some - ref[:, :, 5:19]).norm() / ref[:, :, 5:19].norm()) < 1e-5
+
+
+@pytest.mark.skipif(not CUDA, reason="compiled kernels: the interpreter compiles none")
+def test_one_compiled_kernel_serves_every_frame_count_and_frame_size():
+    """A song's first, middle and last spans (and another geometry) differ only in their frame and row
+    counts: none may make Triton compile another kernel beside the sampling."""
+    k = decoder_kernels.kernels()
+
+    def launch(frames: int, height: int, width: int) -> None:
+        x = activation((1, 48, frames, height, width), torch.bfloat16, seed=frames)
+        bias = activation((48,), torch.bfloat16)
+        decoder_kernels.pad_time(x, frames % 3, 1, decoder.RMS_EPS, bias)
+        decoder_kernels.residual(x, bias, x)
+        decoder_kernels.depth_to_space(x, (2, 2, 2), bias[:6], drop=frames % 2 == 0)
+
+    def compiled() -> list[int]:
+        return [
+            len(fn.device_caches[torch.cuda.current_device()][0])
+            for fn in (k.pad_rows, k.add_rows, k.spread_rows)
+        ]
+
+    launch(1, 3, 4)
+    first = compiled()
+    for frames, height, width in ((2, 3, 4), (5, 15, 26), (16, 16, 16), (17, 30, 52), (33, 7, 9)):
+        launch(frames, height, width)
+    assert compiled() == first

@@ -9,7 +9,10 @@ bias as a pass of its own: 0.12 s of a 1.0 s render span).
 
 They replace torch.compile'd helpers that Dynamo re-traced in every process (13 graphs, 2.5–3.3 s before a
 render's first window) and that could not compile on the decode thread; a process loads these from Triton's
-cache in milliseconds, on whichever thread first decodes.
+cache in milliseconds, on whichever thread first decodes. Only the channel count (the row stride, which
+vectorises the loads) and the flags pick a compiled kernel: Triton would otherwise compile one for each new
+divisibility of the frame and row counts, i.e. for a song's first and last span, beside sampling or in the
+tail of the render.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ def kernels() -> SimpleNamespace | None:
     except ImportError:
         return None
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows", "frames", "plane", "frames_out", "before"])
     def pad_rows(
         x_ptr,
         bias_ptr,
@@ -64,7 +67,7 @@ def kernels() -> SimpleNamespace | None:
             v = v * tl.sigmoid(v)
         tl.store(y_ptr + r[:, None] * C + c[None, :], v.to(y_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows", "frames", "height", "width", "drop"])
     def spread_rows(
         x_ptr,
         bias_ptr,
@@ -105,7 +108,7 @@ def kernels() -> SimpleNamespace | None:
                 )
             tl.store(y_ptr + row[:, None] * C + c[None, :], v.to(y_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["rows"])
     def add_rows(h_ptr, bias_ptr, x_ptr, y_ptr, rows, C, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
         r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
         c = tl.arange(0, BLOCK_C)
