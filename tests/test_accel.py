@@ -43,8 +43,13 @@ def test_compile_cache_lives_under_the_audioloop_cache_dir(tmp_path, monkeypatch
     assert accel.compile_cache_dir({"AUDIOLOOP_CACHE_DIR": str(tmp_path)}) == tmp_path / "inductor"
     assert accel.compile_cache_dir({"XDG_CACHE_HOME": str(tmp_path)}) == tmp_path / "audioloop" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    pinned = []
+    monkeypatch.setattr(accel.compile_tasks, "_set_triton_ptxas_path", lambda: pinned.append(True))
     target = accel.use_compile_cache(tmp_path / "c" / "inductor")
     assert target.is_dir() and os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(target)
+    assert os.environ["TRITON_CACHE_DIR"] == str(target / "triton")
+    assert pinned == [True]  # the ptxas inductor compiles with, in every process: one Triton cache key
 
 
 def test_video_recipe_takes_exactly_the_aligned_video_token_linears(model) -> None:

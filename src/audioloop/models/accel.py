@@ -49,6 +49,7 @@ import torch
 from diffusers import LTX2VideoTransformer3DModel
 from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 from torch import Tensor, nn
+from torch._inductor.runtime import compile_tasks
 
 from audioloop.models import flash4
 from audioloop.models.attention import RotaryAttnProcessor, use_rotary_attention
@@ -166,9 +167,16 @@ def compile_cache_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def use_compile_cache(path: Path) -> Path:
-    """Send inductor's FX-graph, AOT-autograd, autotune and Triton caches to `path` (before compiling)."""
+    """Send inductor's FX-graph, AOT-autograd, autotune and Triton caches to `path` (before compiling).
+
+    Triton's goes to `path/triton` for every kernel, the decoder's own too, and Triton uses torch's own
+    ptxas, which inductor otherwise picks only in a process that compiles. A Triton kernel's cache key holds
+    the ptxas version: the decoder's kernels from a cold process were missed by the warm one after it,
+    which compiled them again beside window 1 (12 s on an H200)."""
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    os.environ["TRITON_CACHE_DIR"] = str(path / "triton")
+    compile_tasks._set_triton_ptxas_path()
     torch._inductor.config.fx_graph_cache = True
     torch._functorch.config.enable_autograd_cache = True
     return path
