@@ -233,6 +233,10 @@ def main() -> None:
         print(f"  span after window {row['window']:2d} ({row.get('frames')} frames): {times}")
     if traced.get("spans"):
         print(f"  Triton's environment at the first span: {traced['spans'][0].get('triton_env')}")
+        for row in traced["writer_pieces"][-3:]:
+            seconds = row["ended_s"] - row["began_s"]
+            print(f"  writer: {row['frames']} frames from {row['began_s']:.2f} s in {seconds:.2f} s")
+        print(f"  the writer took its last frames at {traced['writer_drained_s']:.2f} s of {wall:.2f} s")
     print(f"everything but load and sampling: {overhead:.1f} s = {share:.2f}% of the wall without load")
     print(f"peak GPU {results['peak_gpu_gib']:.1f} GiB, peak host RSS {results['peak_host_rss_gib']:.1f} GiB")
 

@@ -2,6 +2,7 @@
 
 `SpanTrace(origin)` patches the render's LatentStream so every span records when its window handed it over,
 when its decode started and ended and when its frames were queued on the writer (seconds from `origin`),
+times each chunk the writer encodes, notes when it took its last frames (the encoder's flush follows),
 and starts a thread that samples every thread's innermost Python frames every `period` s. Each sample is
 counted under (thread, the span decoding at that moment, the innermost frame, the innermost audioloop or
 bench frame), so a slow span shows whether its thread sat in a conv, a Triton launch, the writer's queue,
@@ -18,6 +19,7 @@ import time
 from types import FrameType
 
 from audioloop import decode
+from audioloop.media import writer
 
 OWN = (f"{os.sep}audioloop{os.sep}", f"{os.sep}bench{os.sep}")
 
@@ -31,6 +33,8 @@ class SpanTrace:
         self.spans: list[dict] = []
         self.stacks: collections.Counter[tuple[str, int, str, str]] = collections.Counter()
         self._current = -1
+        self.drained_s: float | None = None
+        self.pieces: list[dict] = []
         self._stop = threading.Event()
         self._patch()
         self._sampler = threading.Thread(target=self._sample, name="stack-sampler", daemon=True)
@@ -68,8 +72,25 @@ class SpanTrace:
                 row["emitted_s"] = trace._now()
                 trace._current = -1
 
+        take = writer.VideoWriter._take
+
+        def timed_take(video: writer.VideoWriter) -> object:
+            piece = take(video)
+            if piece is None:
+                trace.drained_s = trace._now()
+            return piece
+
+        encode = writer.VideoWriter._encode_frames
+
+        def timed_encode(video: writer.VideoWriter, piece: object) -> None:
+            row = {"frames": len(piece), "began_s": trace._now()}
+            encode(video, piece)
+            trace.pieces.append({**row, "ended_s": trace._now()})
+
         decode.LatentStream.push = timed_push
         decode.LatentStream._run = timed_run
+        writer.VideoWriter._take = timed_take
+        writer.VideoWriter._encode_frames = timed_encode
 
     def _sample(self) -> None:
         """Count every thread's current frames each `period` until stopped."""
@@ -84,7 +105,8 @@ class SpanTrace:
                 self.stacks[(kind, span, where(frame), own(frame))] += 1
 
     def stop(self) -> dict:
-        """Stop sampling; the spans, and per (thread, span) the 12 most sampled frame pairs in ms."""
+        """Stop sampling; the spans, the writer's chunks and when it drained, and per (thread, span) the
+        12 most sampled frame pairs in ms."""
         self._stop.set()
         self._sampler.join()
         groups: dict[str, list] = collections.defaultdict(list)
@@ -92,7 +114,12 @@ class SpanTrace:
             key = f"{kind} span {span}"
             if len(groups[key]) < 12:
                 groups[key].append([round(n * self.period * 1000), inner, mine])
-        return {"spans": self.spans, "stacks_ms": dict(groups)}
+        return {
+            "spans": self.spans,
+            "writer_pieces": self.pieces,
+            "writer_drained_s": self.drained_s,
+            "stacks_ms": dict(groups),
+        }
 
 
 def where(frame: FrameType) -> str:
