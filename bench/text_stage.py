@@ -1,0 +1,127 @@
+"""Where the render's "text" stage goes: `encode_prompts` on the full-size Gemma 3 12B and connectors.
+
+Times, with the GPU synchronised at each boundary, the pieces of one cold-cache encode of `--prompts`
+prompts (the 3:30 schedule's eight and its negative by default): Gemma's build (charged to "load" in a
+render), its forward, freeing it, the connectors and the rest (tokenising, stacking the hidden states,
+copies, the cache's writes and reads). The first encode of a process is timed, then a second one on new
+prompts; `--fa4` starts flash-attn-4's import thread first, as a render with `--attention fa4` does.
+
+    python bench/text_stage.py --out $OUT/text
+    python bench/text_stage.py --out $OUT/text_fa4 --fa4
+    python bench/text_stage.py --out /tmp/x --tiny          # CPU smoke test of this script
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+import fullsize
+from audioloop.models import flash4, text
+from audioloop.models.load import Components, load_components
+
+
+def sync() -> None:
+    """Wait for the GPU, so that host clocks bound the device work between two marks."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed_forward(module: torch.nn.Module, seconds: dict[str, float], name: str) -> torch.nn.Module:
+    """`module` with hooks adding each forward's synchronised wall time to seconds[name]."""
+    began: list[float] = []
+
+    def before(*_: object) -> None:
+        sync()
+        began.append(time.perf_counter())
+
+    def after(*_: object) -> None:
+        sync()
+        seconds[name] += time.perf_counter() - began.pop()
+
+    module.register_forward_pre_hook(before)
+    module.register_forward_hook(after)
+    return module
+
+
+def timed_call(fn: Callable, seconds: dict[str, float], name: str) -> Callable:
+    """`fn` adding its synchronised wall time to seconds[name]."""
+
+    def call(*args: object, **kwargs: object) -> object:
+        sync()
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        sync()
+        seconds[name] += time.perf_counter() - start
+        return result
+
+    return call
+
+
+def encode(
+    components: Components, prompts: list[str], cache: Path, seconds: dict[str, float]
+) -> dict[str, float]:
+    """One cold-cache `encode_prompts`, split into its pieces; `seconds` already collects the connectors'."""
+
+    def build() -> torch.nn.Module:
+        return timed_forward(components.load_text_encoder(), seconds, "gemma_forward")
+
+    timed = replace(components, load_text_encoder=timed_call(build, seconds, "gemma_build"))
+    free = text._free_memory
+    text._free_memory = timed_call(free, seconds, "free_gemma")
+    sync()
+    start = time.perf_counter()
+    try:
+        text.encode_prompts(timed, prompts, cache)
+    finally:
+        text._free_memory = free
+    sync()
+    seconds["total"] = time.perf_counter() - start
+    seconds["total_without_build"] = seconds["total"] - seconds["gemma_build"]
+    known = ("gemma_build", "gemma_forward", "free_gemma", "connectors")
+    seconds["rest"] = seconds["total"] - sum(seconds[k] for k in known)
+    return dict(seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--prompts", type=int, default=9)
+    parser.add_argument("--fa4", action="store_true", help="import flash-attn-4 on a thread first")
+    parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = Path(tempfile.mkdtemp(prefix="audioloop-text-"))
+    if args.fa4:
+        flash4.preload(cache / "flash4")
+    components = load_components("tiny") if args.tiny else fullsize.components("cuda", torch.bfloat16)
+    seconds: dict[str, float] = defaultdict(float)
+    timed_forward(components.connectors, seconds, "connectors")
+    runs = []
+    for run in range(2):
+        seconds.clear()
+        prompts = [f"run {run} prompt {i}: a singer by a window, warm lamplight" for i in range(args.prompts)]
+        pieces = encode(components, prompts, cache / "text", seconds)
+        runs.append(pieces)
+        print(f"run {run}: " + ", ".join(f"{k} {v:.3f} s" for k, v in pieces.items()), flush=True)
+    results = {
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "torch": torch.__version__,
+        "prompts": args.prompts,
+        "fa4_import_beside": args.fa4,
+        "runs": runs,
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
+    }
+    (args.out / "text_stage.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
