@@ -3,12 +3,13 @@
 import dataclasses
 import gc
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from audioloop.models import tiny
+from audioloop.models import text, tiny
 from audioloop.models.load import Components, load_components
 from audioloop.models.text import encode_prompts, encode_texts
 
@@ -63,10 +64,39 @@ def test_one_batched_pass_for_all_prompts(tiny_components: Components, tmp_path:
     assert not torch.equal(embeddings[SCHEDULE[0]].video, embeddings[SCHEDULE[2]].video)
 
 
-def test_text_encoder_is_freed_before_returning(tiny_components: Components, tmp_path: Path) -> None:
+@pytest.fixture
+def no_automatic_gc() -> Iterator[None]:
+    """The collector off, so that only the code under test can run a collection."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_text_encoder_is_freed_before_returning(
+    tiny_components: Components, tmp_path: Path, no_automatic_gc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collections: list[int] = []
+    monkeypatch.setattr(text.gc, "collect", lambda: collections.append(1) or 0)
     components, spy = _spied(tiny_components)
     encode_prompts(components, SCHEDULE, tmp_path)
-    gc.collect()
+    assert [ref() for ref in spy.alive] == [None]
+    assert collections == []  # freed by reference counting: no full collection was paid for
+
+
+def test_text_encoder_in_a_reference_cycle_is_collected(
+    tiny_components: Components, tmp_path: Path, no_automatic_gc: None
+) -> None:
+    components, spy = _spied(tiny_components)
+    build = components.load_text_encoder
+
+    def cyclic() -> torch.nn.Module:
+        encoder = build()
+        encoder.__dict__["itself"] = encoder
+        return encoder
+
+    encode_prompts(dataclasses.replace(components, load_text_encoder=cyclic), SCHEDULE, tmp_path)
     assert [ref() for ref in spy.alive] == [None]
 
 
