@@ -252,7 +252,7 @@ def test_install_is_idempotent_and_decode_video_gives_the_stock_frames():
 def test_the_render_decodes_fused_only_with_compile_on(fused, background):
     vae = tiny_video_vae().eval()
     plan = SimpleNamespace(new_lat=1, height=64, width=96)
-    writer = SimpleNamespace(write=lambda frames: None)
+    writer = SimpleNamespace(write_yuv420p=lambda frames: None)
     stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (), writer, background, fused)
     stream.close()
     assert ("forward" in vae.decoder.__dict__) == fused
@@ -261,18 +261,19 @@ def test_the_render_decodes_fused_only_with_compile_on(fused, background):
 def test_the_render_decodes_in_tiles_of_the_area_it_is_given(monkeypatch):
     calls = []
 
-    def decode(vae, z, tile_area, frames):
-        calls.append(("decode", tile_area, frames))
-        return torch.zeros(frames[1] - frames[0], 64, 64, 3, dtype=torch.uint8)
+    def decode(vae, z, tile_area, frames, yuv):
+        calls.append(("decode", tile_area, frames, yuv))
+        return torch.zeros(frames[1] - frames[0], 96, 64, dtype=torch.uint8)
 
     monkeypatch.setattr(render, "decode_video", decode)
     vae = tiny_video_vae().eval()
     plan = SimpleNamespace(new_lat=3, height=64, width=64)
     frames = []
-    writer = SimpleNamespace(write=frames.append)
+    writer = SimpleNamespace(write_yuv420p=frames.append)
     span = DecodeSpan(window=0, start=0, end=3, emit_start=0, emit_end=17)
     stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (span,), writer, True, True, 640)
     stream.push(0, torch.zeros(1, vae.config.latent_channels, 3, 2, 2))
     stream.close()
-    assert calls == [("decode", 640, (0, 17))]  # nothing compiles first: the Triton kernels load on first use
+    # nothing compiles first: the Triton kernels load on first use
+    assert calls == [("decode", 640, (0, 17), True)]
     assert [f.shape[0] for f in frames] == [17]

@@ -9,6 +9,7 @@ from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 from audioloop.media.audio import SAMPLE_RATE, log_mel
+from audioloop.media.yuv import yuv420p
 from audioloop.models import latents, tiny
 from audioloop.models.latents import (
     DECODE_TILE_AREA,
@@ -144,6 +145,16 @@ def test_decode_video_shape_and_determinism(video_vae: AutoencoderKLLTX2Video) -
     assert video.device == torch.device("cpu")
     assert video.is_contiguous()
     assert torch.equal(decode_video(video_vae, z), video)
+
+
+def test_decode_video_as_yuv420p_converts_its_rgb_frames(
+    video_vae: AutoencoderKLLTX2Video, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(latents, "CONVERT_FRAMES", 5)  # chunks that do not divide the 17 frames
+    z = torch.randn(1, C, 3, 2, 3, generator=torch.Generator().manual_seed(4))
+    planes = decode_video(video_vae, z, frames=(2, 15), yuv=True)
+    assert planes.shape == (13, 96, 96) and planes.dtype == torch.uint8 and planes.is_contiguous()
+    assert torch.equal(planes, yuv420p(decode_video(video_vae, z)[2:15]))
 
 
 def test_decode_video_tiles_wide_frames_spatially(video_vae: AutoencoderKLLTX2Video) -> None:

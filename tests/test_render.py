@@ -541,9 +541,11 @@ def test_window_boundaries_and_decode_cuts_show_no_seam(
     import audioloop.render
 
     streamed: list[np.ndarray] = []
-    real_write = VideoWriter.write
+    real_write = VideoWriter.write_yuv420p
     monkeypatch.setattr(
-        VideoWriter, "write", lambda self, f: (streamed.append(f.numpy().copy()), real_write(self, f))
+        VideoWriter,
+        "write_yuv420p",
+        lambda self, f: (streamed.append(f.numpy().copy()), real_write(self, f)),
     )
     monkeypatch.setattr(audioloop.render, "sample_window", smooth_sampler(NEW_LAT))
     if margin is not None:
@@ -559,7 +561,7 @@ def test_window_boundaries_and_decode_cuts_show_no_seam(
     assert max(ratios) < 2.0, ratios
     windows = window_latents(tmp_path / "video.mkv.work")
     timeline = torch.cat([windows[0], *(w[:, :, OV_LAT:] for w in windows[1:])], dim=2)
-    whole = decode_video(tiny_video_vae(), timeline)[: len(np.concatenate(streamed))].numpy()
+    whole = decode_video(tiny_video_vae(), timeline, yuv=True)[: len(np.concatenate(streamed))].numpy()
     assert np.abs(np.concatenate(streamed).astype(int) - whole).max() <= 1
 
 

@@ -87,7 +87,9 @@ def test_render_under_torchrun_without_the_flag_exits_2_before_any_model_loads(
 
 # Pixel context re-encodes decoded uint8 frames: a rounding flip from window 0's float noise (~1e-6) moves
 # window 1's context, so later windows and frames agree more loosely than with latent context.
-CASES = [("latent", 1e-5, 2, 1e-3), ("pixel", 1e-3, 4, 1e-2)]
+# A pixel one level off before the yuv420p conversion can move its Y, U and V a level each, which decode back
+# to up to 3 levels of RGB: the frame tolerances allow that much where the latents agree to 1e-5.
+CASES = [("latent", 1e-5, 3, 1e-3), ("pixel", 1e-3, 4, 1e-2)]
 
 
 @pytest.mark.parametrize(("context", "later_atol", "frame_max", "frame_mean"), CASES)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,10 +11,12 @@ import av
 import numpy as np
 import pytest
 import torch
+from av.video.reformatter import ColorRange
 
 from audioloop.errors import InputError
 from audioloop.media.audio import SourceAudio
-from audioloop.media.writer import CONVERT_AHEAD, VideoWriter, converted, to_yuv420p
+from audioloop.media.writer import VideoWriter
+from audioloop.media.yuv import yuv420p
 
 W, H = 64, 48
 
@@ -337,25 +338,46 @@ def test_missing_output_directories_are_created(tmp_path: Path) -> None:
     assert files_in(path.parent) == ["out.mov"]
 
 
-def test_converted_yields_every_frame_in_order_as_the_serial_conversion() -> None:
-    frames = moving_bars(3 * CONVERT_AHEAD + 1)
-    with ThreadPoolExecutor(3) as pool:
-        planes = [f.to_ndarray() for f in converted(frames, pool)]
-    assert len(planes) == len(frames)
-    for plane, rgb in zip(planes, frames, strict=True):
-        np.testing.assert_array_equal(plane, to_yuv420p(rgb).to_ndarray())
+def test_yuv420p_planes_are_stored_exactly(tmp_path: Path) -> None:
+    planes = yuv420p(torch.from_numpy(moving_bars(6)))
+    with VideoWriter(tmp_path / "out.mkv", width=W, height=H, fps=25, audio=None, total_frames=6, crf=0) as w:
+        w.write_yuv420p(planes[:2])
+        w.write_yuv420p(planes[2:].numpy())
+    with av.open(str(tmp_path / "out.mkv")) as container:
+        stored = np.stack([f.to_ndarray() for f in container.decode(video=0)])
+    np.testing.assert_array_equal(stored, planes.numpy())  # CRF 0 is lossless in yuv420p
 
 
-def test_converted_runs_at_most_convert_ahead_frames_ahead() -> None:
-    submitted = []
+def test_rgb_and_its_yuv420p_planes_give_the_same_video(tmp_path: Path) -> None:
+    frames = moving_bars(8)
+    rgb = write(tmp_path / "rgb.mkv", [frames])
+    with VideoWriter(
+        tmp_path / "yuv.mkv", width=W, height=H, fps=25, audio=None, total_frames=8, preset="ultrafast"
+    ) as w:
+        w.write_yuv420p(yuv420p(torch.from_numpy(frames)))
+    np.testing.assert_array_equal(decode(rgb)[0], decode(tmp_path / "yuv.mkv")[0])
 
-    class CountingPool(ThreadPoolExecutor):
-        def submit(self, fn, *args):  # type: ignore[no-untyped-def, override]
-            submitted.append(args)
-            return super().submit(fn, *args)
 
-    frames = moving_bars(2 * CONVERT_AHEAD + 5)
-    with CountingPool(2) as pool:
-        for consumed, _ in enumerate(converted(frames, pool), start=1):
-            assert consumed <= len(submitted) <= min(len(frames), consumed + CONVERT_AHEAD)
-    assert len(submitted) == len(frames)
+def test_the_stream_is_tagged_bt709_limited_range(tmp_path: Path) -> None:
+    with av.open(str(write(tmp_path / "out.mp4", [moving_bars(2)]))) as container:
+        codec = container.streams.video[0].codec_context
+        assert (codec.color_primaries, codec.color_trc, codec.colorspace) == (1, 1, 1)
+        assert codec.color_range == ColorRange.MPEG
+
+
+@pytest.mark.parametrize(
+    "planes",
+    [
+        np.zeros((2, H, W), np.uint8),
+        np.zeros((2, H * 3 // 2, W, 1), np.uint8),
+        np.zeros((0, H * 3 // 2, W), np.uint8),
+        torch.zeros((2, H * 3 // 2, W), dtype=torch.int16),
+    ],
+)
+def test_wrong_yuv420p_planes_raise(tmp_path: Path, planes: np.ndarray | torch.Tensor) -> None:
+    with (
+        pytest.raises(ValueError, match=rf"frames must be uint8 \[F ≥ 1, {H * 3 // 2}, {W}\] yuv420p"),
+        VideoWriter(tmp_path / "out.mp4", width=W, height=H, fps=25, audio=None, total_frames=2) as w,
+    ):
+        w.write_yuv420p(planes)
+    assert files_in(tmp_path) == []

@@ -122,8 +122,9 @@ class LatentStream:
     """Collects each final window's latents on the timeline, decodes its span and hands the frames on.
 
     Only the latents a later span still needs are kept, so memory does not grow with the song's length.
-    `decode(latents, frames=(start, stop))` maps latents [1, C, L, h, w] to those of their decoded uint8
-    frames [8(L−1)+1, H, W, 3] that the span emits (so a decoder may skip the rest); `emit` receives them.
+    `decode(latents, frames=(start, stop))` maps latents [1, C, L, h, w] to those of their 8(L−1)+1 decoded
+    frames that the span emits (so a decoder may skip the rest), in the layout `emit` takes; `emit`
+    receives them.
     With `background`, each span decodes and emits on a worker thread (on CUDA, on a side stream) while the
     caller samples the next window; one span at a time, so at most one span's frames exist beside the
     writer's queue. `busy` is the seconds spent decoding, wherever it ran.

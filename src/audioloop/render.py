@@ -313,12 +313,13 @@ def decoder(
 ) -> LatentStream:
     """The stream that decodes each window's (or tile's) final latents, as the spans say, in spatial tiles of
     at most `tile_area` latents², onto the writer. `fused` (with compile on): through the fused decoder
-    forward, whose Triton kernels load on the first decode, wherever it runs."""
+    forward, whose Triton kernels load on the first decode, wherever it runs. Frames reach the writer as
+    yuv420p, converted where the decoder runs."""
     vae = components.video_vae
     if fused:
         vae_decoder.install(vae.decoder)
-    decode = partial(decode_video, vae, tile_area=tile_area)
-    return LatentStream(plan, spans, decode, writer.write, background=background)
+    decode = partial(decode_video, vae, tile_area=tile_area, yuv=True)
+    return LatentStream(plan, spans, decode, writer.write_yuv420p, background=background)
 
 
 def finish(stream: LatentStream, writer: VideoWriter, clock: Clock) -> None:

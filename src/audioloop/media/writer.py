@@ -19,8 +19,6 @@ from __future__ import annotations
 import collections
 import os
 import threading
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -28,11 +26,12 @@ from types import TracebackType
 import av
 import numpy as np
 import torch
-from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc
+from av.video.reformatter import ColorPrimaries, ColorRange, ColorTrc
 
 from audioloop.config import MAX_CRF
 from audioloop.errors import InputError, SettingsError
 from audioloop.media.audio import SourceAudio
+from audioloop.media.yuv import planes_shape, yuv420p
 
 CONTAINER_FORMATS = {".mp4": "mp4", ".mkv": "matroska", ".mov": "mov"}
 DEFAULT_MAX_QUEUED_FRAMES = 512  # one default window (497 frames) queues without blocking the sampling loop
@@ -52,10 +51,6 @@ AAC_FALLBACK_RATE = 48_000
 AAC_BIT_RATE_PER_CHANNEL = 128_000
 AUDIO_FRAME_SAMPLES = 4096  # samples per frame handed to the audio encoder: fine-grained interleaving
 AVCOL_SPC_BT709 = 1  # libavutil's AVColorSpace value for BT.709; PyAV has no enum for it
-# swscale's RGB → yuv420p takes ~5 ms a frame at 832×480 on one core, as long as x264 on many cores takes,
-# and releases the GIL: a few threads convert ahead of the encoder, at most CONVERT_AHEAD frames.
-CONVERT_THREADS = min(4, os.cpu_count() or 1)
-CONVERT_AHEAD = 4 * CONVERT_THREADS
 
 _PLANAR_FORMATS = {np.dtype(np.int16): "s16p", np.dtype(np.int32): "s32p", np.dtype(np.float32): "fltp"}
 
@@ -133,7 +128,6 @@ class VideoWriter:
         self._cond = threading.Condition()
         self._audio_samples: np.ndarray | None = None
         self._audio_pos = 0
-        self._pool: ThreadPoolExecutor  # the encoder thread's yuv420p converters, while it runs
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,9 +188,25 @@ class VideoWriter:
         return round(frame_count * self._audio_rate / self._rate)
 
     def write(self, frames: torch.Tensor | np.ndarray) -> None:
-        """Queue a chunk of uint8 RGB frames [F, H, W, 3]; blocks only while the queue is full."""
+        """Queue a chunk of uint8 RGB frames [F, H, W, 3], converted to yuv420p where they are (a tensor on
+        the GPU, there); blocks only while the queue is full."""
         self._check_open()
-        array, owned = self._as_array(frames)
+        self._check_frames(frames, (self._height, self._width, 3), "RGB")
+        rgb = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.array(frames))
+        self._queue_planes(yuv420p(rgb).cpu().numpy(), owned=True)
+
+    def write_yuv420p(self, planes: torch.Tensor | np.ndarray) -> None:
+        """Queue a chunk of frames already converted, uint8 yuv420p planes [F, 3H/2, W] as `media.yuv` lays
+        them out (the decoder converts on the GPU); blocks only while the queue is full."""
+        self._check_open()
+        self._check_frames(planes, planes_shape(1, self._height, self._width)[1:], "yuv420p")
+        if isinstance(planes, torch.Tensor):
+            self._queue_planes(planes.detach().cpu().contiguous().numpy(), owned=planes.device.type != "cpu")
+        else:
+            self._queue_planes(np.asarray(planes), owned=False)
+
+    def _queue_planes(self, array: np.ndarray, owned: bool) -> None:
+        """Queue yuv420p frames in pieces of at most max_queued_frames, copying what the caller still owns."""
         if self._written + len(array) > self._total:
             raise ValueError(
                 f"{self.path}: {self._written} + {len(array)} frames exceed the {self._total} the video holds"
@@ -220,19 +230,14 @@ class VideoWriter:
         """Whether queued frames will still be encoded: no encoder error, no abort (from another thread)."""
         return self._error is None and not self._aborted
 
-    def _as_array(self, frames: torch.Tensor | np.ndarray) -> tuple[np.ndarray, bool]:
-        """Validated frames as a host numpy array, and whether it is a private copy (safe to queue as is)."""
+    @staticmethod
+    def _check_frames(frames: torch.Tensor | np.ndarray, frame: tuple[int, ...], kind: str) -> None:
+        """Refuse anything but uint8 [F ≥ 1, *frame]."""
         shape = tuple(frames.shape)
         uint8 = frames.dtype == (torch.uint8 if isinstance(frames, torch.Tensor) else np.uint8)
-        if len(shape) != 4 or shape[0] < 1 or shape[1:] != (self._height, self._width, 3) or not uint8:
-            raise ValueError(
-                f"frames must be uint8 [F ≥ 1, {self._height}, {self._width}, 3] RGB, "
-                f"got {frames.dtype} {list(shape)}"
-            )
-        if isinstance(frames, torch.Tensor):
-            owned = frames.device.type != "cpu"
-            return frames.detach().cpu().contiguous().numpy(), owned
-        return np.asarray(frames), False
+        if len(shape) != len(frame) + 1 or shape[0] < 1 or shape[1:] != frame or not uint8:
+            size = ", ".join(map(str, frame))
+            raise ValueError(f"frames must be uint8 [F ≥ 1, {size}] {kind}, got {frames.dtype} {list(shape)}")
 
     def close(self) -> Path:
         """Wait for encoding, finish the audio and move the file onto `path`; a short video is refused."""
@@ -290,7 +295,7 @@ class VideoWriter:
     def _run(self) -> None:
         """Encoder thread: drain the queue, interleave audio, flush and close the container."""
         try:
-            with self._container, ThreadPoolExecutor(CONVERT_THREADS, "yuv420p") as self._pool:
+            with self._container:
                 while (piece := self._take()) is not None:
                     self._encode_frames(piece)
                 if not self._aborted:
@@ -317,10 +322,11 @@ class VideoWriter:
             return piece
 
     def _encode_frames(self, piece: np.ndarray) -> None:
-        """Encode RGB frames as yuv420p with pts 0, 1, 2, ..., then the audio up to the same time."""
-        for frame in converted(piece, self._pool):
+        """Encode yuv420p frames with pts 0, 1, 2, ..., then the audio up to the same time."""
+        for planes in piece:
             if self._aborted:
                 return
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
             frame.pts = self._encoded
             self._container.mux(self._video.encode(frame))
             self._encoded += 1
@@ -339,21 +345,3 @@ class VideoWriter:
             frame.pts = start
             self._container.mux(self._audio.encode(frame))
         self._audio_pos = max(self._audio_pos, end)
-
-
-def to_yuv420p(rgb: np.ndarray) -> av.VideoFrame:
-    """One uint8 RGB frame [H, W, 3] as a BT.709 limited-range yuv420p frame (what the stream is tagged)."""
-    return av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
-        format="yuv420p", dst_colorspace=Colorspace.ITU709, dst_color_range=ColorRange.MPEG
-    )
-
-
-def converted(frames: np.ndarray, pool: ThreadPoolExecutor) -> Iterator[av.VideoFrame]:
-    """`frames` as yuv420p, in order, converted in the pool up to CONVERT_AHEAD frames ahead."""
-    pending: collections.deque[Future[av.VideoFrame]] = collections.deque()
-    for rgb in frames:
-        pending.append(pool.submit(to_yuv420p, rgb))
-        if len(pending) > CONVERT_AHEAD:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
 
+from audioloop.media.yuv import planes_shape, yuv420p
 from audioloop.models import decoder as vae_decoder
 
 VIDEO_TEMPORAL_FACTOR = 8
@@ -85,9 +86,12 @@ def decode_video(
     z: torch.Tensor,
     tile_area: int = DECODE_TILE_AREA,
     frames: tuple[int, int] | None = None,
+    yuv: bool = False,
 ) -> torch.Tensor:
-    """Normalised [1, C, F, h, w] → uint8 [8(F−1)+1, 32h, 32w, 3] on the CPU, or only its frames
-    [start, stop) with `frames` (the fused decoder then computes only what they depend on).
+    """Normalised [1, C, F, h, w] → uint8 RGB [8(F−1)+1, 32h, 32w, 3] on the CPU, or only its frames
+    [start, stop) with `frames` (the fused decoder then computes only what they depend on); with `yuv`, the
+    frames as the video stores them, yuv420p planes [F', 48h, 32w] (`media.yuv`), converted on the
+    decoder's device.
 
     Frames of more than `tile_area` latents² are decoded in equal spatial tiles (`tile_grid`), blended
     linearly where they overlap. Never in temporal tiles: each blended temporal seam shows as a visible
@@ -100,7 +104,7 @@ def decode_video(
     timestep = torch.zeros(1, device=device, dtype=dtype) if video_vae.config.timestep_conditioning else None
     with torch.inference_mode():
         video = _decode_tiles(video_vae, latents, timestep, tile_area, frames)
-    return _to_uint8(video[0])
+    return _to_uint8(video[0], yuv)
 
 
 def tile_spans(length: int, count: int, min_overlap: int) -> tuple[tuple[int, int], ...]:
@@ -200,17 +204,19 @@ def _encode_pixels(vae: AutoencoderKLLTX2Video, pixels: torch.Tensor) -> torch.T
     return normalize_video(z.float(), vae)
 
 
-def _to_uint8(video: torch.Tensor) -> torch.Tensor:
-    """Decoder output [3, F, H, W] in [-1, 1] → uint8 [F, H, W, 3] on the CPU, rounded as diffusers'
-    VideoProcessor, CONVERT_FRAMES at a time: converting a 1664×960 span whole held two float32 copies of
-    it beside the decoder's output (~10 GB for 249 frames). From CUDA through page-locked memory: a copy to
-    pageable memory ran at 1.6 GB/s on an H200, 20% of a window's decode; torch caches page-locked blocks."""
-    frames = video.shape[1]
-    host = torch.empty((frames, *video.shape[2:], 3), dtype=torch.uint8, pin_memory=video.is_cuda)
+def _to_uint8(video: torch.Tensor, yuv: bool = False) -> torch.Tensor:
+    """Decoder output [3, F, H, W] in [-1, 1] → uint8 RGB [F, H, W, 3] on the CPU, rounded as diffusers'
+    VideoProcessor, or with `yuv` those frames' yuv420p planes. CONVERT_FRAMES at a time: converting a
+    1664×960 span whole held two float32 copies of it beside the decoder's output (~10 GB for 249 frames).
+    From CUDA through page-locked memory: a copy to pageable memory ran at 1.6 GB/s on an H200, 20% of a
+    window's decode; torch caches page-locked blocks."""
+    frames, height, width = video.shape[1:]
+    shape = planes_shape(frames, height, width) if yuv else (frames, height, width, 3)
+    host = torch.empty(shape, dtype=torch.uint8, pin_memory=video.is_cuda)
     for start in range(0, frames, CONVERT_FRAMES):
         chunk = video[:, start : start + CONVERT_FRAMES]
-        pixels = ((chunk.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-        host[start : start + CONVERT_FRAMES].copy_(pixels.permute(1, 2, 3, 0), non_blocking=True)
+        pixels = ((chunk.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0)
+        host[start : start + CONVERT_FRAMES].copy_(yuv420p(pixels) if yuv else pixels, non_blocking=True)
     if video.is_cuda:
         torch.cuda.current_stream(video.device).synchronize()
     return host
