@@ -34,6 +34,7 @@ import threads
 from audioloop import demo, job, render
 from audioloop.config import load_settings
 from audioloop.job import prepare
+from audioloop.media.yuv import yuv420p
 from audioloop.models import flash4
 from audioloop.progress import RenderProgress
 from audioloop.request import request_for
@@ -54,14 +55,20 @@ def inputs(folder: Path, seconds: float) -> tuple[Path, Path, Path]:
 def footage(decode: Callable[..., torch.Tensor]) -> Callable:
     """`decode`, whose frames are then swapped for a smooth moving clip of the same shape: the GPU decodes
     as in the render, but x264 sees footage instead of the random model's noise, its worst case. One clip
-    (the longest span's) is kept and sliced (the writer copies what it queues)."""
-    clip = torch.empty(0, 0, 0, 3, dtype=torch.uint8)
+    (the longest span's) is kept and sliced (the writer copies what it queues), as yuv420p planes when the
+    decode returns those."""
+    clip = torch.empty(0, 0, 0, dtype=torch.uint8)
 
-    def decode_then_swap(vae: torch.nn.Module, z: torch.Tensor, **options: int) -> torch.Tensor:
+    def decode_then_swap(vae: torch.nn.Module, z: torch.Tensor, **options: object) -> torch.Tensor:
         nonlocal clip
         frames = decode(vae, z, **options)
         if clip.shape[0] < frames.shape[0] or clip.shape[1:] != frames.shape[1:]:
-            clip = smooth_frames(*frames.shape[:3])
+            count, height, width = frames.shape[:3]
+            if options.get("yuv"):  # converted where the render converts, not by the CPU beside the decode
+                rgb = smooth_frames(count, height * 2 // 3, width)
+                clip = yuv420p(rgb.cuda() if torch.cuda.is_available() else rgb).cpu()
+            else:
+                clip = smooth_frames(count, height, width)
         return clip[: frames.shape[0]]
 
     return decode_then_swap
