@@ -307,23 +307,33 @@ def test_abort_from_another_thread_releases_a_blocked_write(
     assert files_in(tmp_path) == []
 
 
+RGB_SHAPE = rf"frames must be uint8 \[F ≥ 1, {H}, {W}, 3\] RGB"
+YUV_SHAPE = rf"frames must be uint8 \[F ≥ 1, {H * 3 // 2}, {W}\] yuv420p"
+
+
 @pytest.mark.parametrize(
-    "frames",
+    ("method", "frames", "message"),
     [
-        np.zeros((2, H, W, 3), np.float32),
-        np.zeros((2, H, W, 4), np.uint8),
-        np.zeros((2, W, H, 3), np.uint8),
-        np.zeros((H, W, 3), np.uint8),
-        np.zeros((0, H, W, 3), np.uint8),
-        torch.zeros((2, H, W, 3), dtype=torch.float16),
+        ("write", np.zeros((2, H, W, 3), np.float32), RGB_SHAPE),
+        ("write", np.zeros((2, H, W, 4), np.uint8), RGB_SHAPE),
+        ("write", np.zeros((2, W, H, 3), np.uint8), RGB_SHAPE),
+        ("write", np.zeros((H, W, 3), np.uint8), RGB_SHAPE),
+        ("write", np.zeros((0, H, W, 3), np.uint8), RGB_SHAPE),
+        ("write", torch.zeros((2, H, W, 3), dtype=torch.float16), RGB_SHAPE),
+        ("write_yuv420p", np.zeros((2, H, W), np.uint8), YUV_SHAPE),
+        ("write_yuv420p", np.zeros((2, H * 3 // 2, W, 1), np.uint8), YUV_SHAPE),
+        ("write_yuv420p", np.zeros((0, H * 3 // 2, W), np.uint8), YUV_SHAPE),
+        ("write_yuv420p", torch.zeros((2, H * 3 // 2, W), dtype=torch.int16), YUV_SHAPE),
     ],
 )
-def test_wrong_frame_shape_or_dtype_raises(tmp_path: Path, frames: np.ndarray | torch.Tensor) -> None:
+def test_wrong_frame_shape_or_dtype_raises(
+    tmp_path: Path, method: str, frames: np.ndarray | torch.Tensor, message: str
+) -> None:
     with (
-        pytest.raises(ValueError, match=rf"frames must be uint8 \[F ≥ 1, {H}, {W}, 3\] RGB"),
+        pytest.raises(ValueError, match=message),
         VideoWriter(tmp_path / "out.mp4", width=W, height=H, fps=25, audio=None, total_frames=2) as w,
     ):
-        w.write(frames)
+        getattr(w, method)(frames)
     assert files_in(tmp_path) == []
 
 
@@ -363,21 +373,3 @@ def test_the_stream_is_tagged_bt709_limited_range(tmp_path: Path) -> None:
         codec = container.streams.video[0].codec_context
         assert (codec.color_primaries, codec.color_trc, codec.colorspace) == (1, 1, 1)
         assert codec.color_range == ColorRange.MPEG
-
-
-@pytest.mark.parametrize(
-    "planes",
-    [
-        np.zeros((2, H, W), np.uint8),
-        np.zeros((2, H * 3 // 2, W, 1), np.uint8),
-        np.zeros((0, H * 3 // 2, W), np.uint8),
-        torch.zeros((2, H * 3 // 2, W), dtype=torch.int16),
-    ],
-)
-def test_wrong_yuv420p_planes_raise(tmp_path: Path, planes: np.ndarray | torch.Tensor) -> None:
-    with (
-        pytest.raises(ValueError, match=rf"frames must be uint8 \[F ≥ 1, {H * 3 // 2}, {W}\] yuv420p"),
-        VideoWriter(tmp_path / "out.mp4", width=W, height=H, fps=25, audio=None, total_frames=2) as w,
-    ):
-        w.write_yuv420p(planes)
-    assert files_in(tmp_path) == []
