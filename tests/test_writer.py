@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import torch
 from av.video.reformatter import ColorRange
 
 from audioloop.errors import InputError
+from audioloop.media import writer as writer_module
 from audioloop.media.audio import SourceAudio
-from audioloop.media.writer import VideoWriter
+from audioloop.media.writer import AUDIO_FRAME_SAMPLES, VideoWriter
 from audioloop.media.yuv import yuv420p
 
 W, H = 64, 48
@@ -179,6 +182,66 @@ def test_many_chunks_of_varying_sizes_match_one_chunk(tmp_path: Path) -> None:
     np.testing.assert_array_equal(one[1], many[1])
 
 
+def count_audio_frames(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Patch the writer to record the start sample of every audio frame it encodes, in order."""
+    starts: list[int] = []
+    encode = VideoWriter._encode_audio_frame
+
+    def counted(self: VideoWriter) -> None:
+        starts.append(self._audio_encoded)
+        encode(self)
+
+    monkeypatch.setattr(VideoWriter, "_encode_audio_frame", counted)
+    return starts
+
+
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> None:
+    """Poll `condition` until it holds or `seconds` pass (the assertion after it says which)."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def forty_frames_with(samples: np.ndarray, path: Path) -> VideoWriter:
+    """A writer for 40 frames at 25 fps with `samples` as 44.1 kHz stereo audio."""
+    audio = SourceAudio(samples, 44100, "stereo")
+    return VideoWriter(path, width=W, height=H, fps=25, audio=audio, total_frames=40, preset="ultrafast")
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_audio_is_encoded_ahead_while_the_writer_waits_for_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """The render's last frames arrive after sampling ends: their audio must already be encoded by then."""
+    starts = count_audio_frames(monkeypatch)
+    samples = tone(np.int16, 2, 40 * 1764)
+    frames = moving_bars(40)
+    expected = list(range(0, samples.shape[1], AUDIO_FRAME_SAMPLES))
+    with forty_frames_with(samples, tmp_path / f"out{suffix}") as w:
+        wait_for(lambda: len(starts) == len(expected))
+        assert starts == expected  # all of it, in order, before any frame was written
+        w.write(frames)
+    assert starts == expected  # and none again
+    one_pass = write(tmp_path / f"one{suffix}", [frames], audio=SourceAudio(samples, 44100, "stereo"))
+    np.testing.assert_array_equal(decode(w.path)[1], decode(one_pass)[1])
+
+
+def test_audio_is_encoded_at_most_audio_ahead_seconds_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer_module, "AUDIO_AHEAD_SECONDS", 0.5)
+    starts = count_audio_frames(monkeypatch)
+    samples = tone(np.int16, 2, 40 * 1764)
+    ahead = math.ceil(0.5 * 44100 / AUDIO_FRAME_SAMPLES)  # frames until 0.5 s of audio is reached
+    with forty_frames_with(samples, tmp_path / "out.mkv") as w:
+        wait_for(lambda: len(starts) >= ahead)
+        time.sleep(0.2)
+        assert len(starts) == ahead
+        w.write(moving_bars(40))
+    _, audio = decode(w.path)
+    np.testing.assert_array_equal(audio, samples)
+
+
 @pytest.mark.parametrize("existing", [False, True])
 def test_failure_inside_the_with_block_leaves_no_file(tmp_path: Path, existing: bool) -> None:
     path = tmp_path / "out.mp4"
@@ -265,9 +328,7 @@ def test_queue_is_bounded_while_the_encoder_is_slow(tmp_path: Path, monkeypatch:
     chunks = [frames[:10], *np.split(frames[10:], 15)]
     producer = threading.Thread(target=lambda: [writer.write(c) for c in chunks])
     producer.start()
-    deadline = time.monotonic() + 30
-    while writer.peak_queued_frames < 4 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_for(lambda: writer.peak_queued_frames >= 4)
     assert producer.is_alive()  # the queue is full and the encoder holds a chunk: write() must block
     gate.set()
     producer.join()
@@ -296,9 +357,7 @@ def test_abort_from_another_thread_releases_a_blocked_write(
 
     producer = threading.Thread(target=produce)
     producer.start()
-    deadline = time.monotonic() + 30
-    while writer.peak_queued_frames < 4 and time.monotonic() < deadline:
-        time.sleep(0.001)
+    wait_for(lambda: writer.peak_queued_frames >= 4)
     threading.Timer(0.2, gate.set).start()
     writer.abort()
     producer.join(timeout=30)

@@ -10,8 +10,10 @@ Containers and audio codecs (the audio is always the song's own samples, never r
 
 The audio is cut to exactly ``round(total_frames · sample_rate / fps)`` samples: a song range a fraction of a
 frame longer than the video is trimmed (audio must not outlast the last picture), a shorter one is padded with
-silence. Audio starts at t = 0 with the first frame and is encoded up to the current video time after every
-queued chunk, so the muxer interleaves as it goes instead of buffering the whole song.
+silence. Audio starts at t = 0 with the first frame and is muxed up to the current video time after every
+queued chunk, so the muxer interleaves as it goes instead of buffering the whole song. The encoder thread
+encodes the audio ahead (up to AUDIO_AHEAD_SECONDS) while it waits for frames: AAC takes ~1 s of a core per
+15 s of song, which would otherwise come after the render's last frames arrive.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ X264_PRESETS = (
 AAC_FALLBACK_RATE = 48_000
 AAC_BIT_RATE_PER_CHANNEL = 128_000
 AUDIO_FRAME_SAMPLES = 4096  # samples per frame handed to the audio encoder: fine-grained interleaving
+AUDIO_AHEAD_SECONDS = 60  # how far the audio is encoded ahead of the video: more than a window's span
 AVCOL_SPC_BT709 = 1  # libavutil's AVColorSpace value for BT.709; PyAV has no enum for it
 
 _PLANAR_FORMATS = {np.dtype(np.int16): "s16p", np.dtype(np.int32): "s32p", np.dtype(np.float32): "fltp"}
@@ -127,7 +130,8 @@ class VideoWriter:
         self._error: BaseException | None = None
         self._cond = threading.Condition()
         self._audio_samples: np.ndarray | None = None
-        self._audio_pos = 0
+        self._audio_encoded = 0  # samples handed to the audio encoder, in AUDIO_FRAME_SAMPLES frames
+        self._audio_packets: collections.deque[tuple[int, list[av.Packet]]] = collections.deque()
 
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -301,7 +305,7 @@ class VideoWriter:
                 if not self._aborted:
                     self._container.mux(self._video.encode(None))
                     if self._audio_samples is not None:
-                        self._encode_audio_until(self._audio_samples.shape[1])
+                        self._mux_audio_until(self._audio_samples.shape[1])
                         self._container.mux(self._audio.encode(None))
         except BaseException as exc:
             with self._cond:
@@ -310,16 +314,28 @@ class VideoWriter:
                 self._cond.notify_all()
 
     def _take(self) -> np.ndarray | None:
-        """The next queued chunk, waiting for one; None once closing with an empty queue, or aborted."""
-        with self._cond:
-            while not (self._queue or self._closing or self._aborted):
-                self._cond.wait()
-            if self._aborted or not self._queue:
-                return None
-            piece = self._queue.popleft()
-            self._queued -= len(piece)
-            self._cond.notify_all()
-            return piece
+        """The next queued chunk, encoding audio ahead while waiting for one; None once closing with an
+        empty queue, or aborted."""
+        while True:
+            with self._cond:
+                if self._aborted or (self._closing and not self._queue):
+                    return None
+                if self._queue:
+                    piece = self._queue.popleft()
+                    self._queued -= len(piece)
+                    self._cond.notify_all()
+                    return piece
+                if not self._audio_ahead():
+                    self._cond.wait()
+                    continue
+            self._encode_audio_frame()
+
+    def _audio_ahead(self) -> bool:
+        """Whether there is audio left to encode within AUDIO_AHEAD_SECONDS of the video encoded so far."""
+        if self._audio_samples is None:
+            return False
+        limit = self._samples_at(self._encoded) + AUDIO_AHEAD_SECONDS * self._audio_rate
+        return self._audio_encoded < min(limit, self._audio_samples.shape[1])
 
     def _encode_frames(self, piece: np.ndarray) -> None:
         """Encode yuv420p frames with pts 0, 1, 2, ..., then the audio up to the same time."""
@@ -331,17 +347,24 @@ class VideoWriter:
             self._container.mux(self._video.encode(frame))
             self._encoded += 1
         if self._audio_samples is not None:
-            self._encode_audio_until(self._samples_at(self._encoded))
+            self._mux_audio_until(self._samples_at(self._encoded))
 
-    def _encode_audio_until(self, end: int) -> None:
-        """Encode the song's samples from where the audio stands up to sample `end`."""
-        samples = self._audio_samples
-        sample_format = _PLANAR_FORMATS[samples.dtype]
-        for start in range(self._audio_pos, end, AUDIO_FRAME_SAMPLES):
-            chunk = np.ascontiguousarray(samples[:, start : min(start + AUDIO_FRAME_SAMPLES, end)])
-            frame = av.AudioFrame.from_ndarray(chunk, format=sample_format, layout=self._audio_layout)
-            frame.sample_rate = self._audio_rate
-            frame.time_base = Fraction(1, self._audio_rate)
-            frame.pts = start
-            self._container.mux(self._audio.encode(frame))
-        self._audio_pos = max(self._audio_pos, end)
+    def _mux_audio_until(self, end: int) -> None:
+        """Mux the audio frames that start before sample `end`, encoding those not encoded ahead."""
+        while self._audio_encoded < end:
+            self._encode_audio_frame()
+        while self._audio_packets and self._audio_packets[0][0] < end:
+            self._container.mux(self._audio_packets.popleft()[1])
+
+    def _encode_audio_frame(self) -> None:
+        """Encode the next AUDIO_FRAME_SAMPLES of the song, keeping its packets (with its start) to mux."""
+        samples, start = self._audio_samples, self._audio_encoded
+        chunk = np.ascontiguousarray(samples[:, start : start + AUDIO_FRAME_SAMPLES])
+        frame = av.AudioFrame.from_ndarray(
+            chunk, format=_PLANAR_FORMATS[samples.dtype], layout=self._audio_layout
+        )
+        frame.sample_rate = self._audio_rate
+        frame.time_base = Fraction(1, self._audio_rate)
+        frame.pts = start
+        self._audio_packets.append((start, self._audio.encode(frame)))
+        self._audio_encoded = start + chunk.shape[1]
