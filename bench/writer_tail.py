@@ -2,10 +2,12 @@
 
 The render's tail is the last span's frames (337 at 3:30) going through VideoWriter once sampling is over,
 so the writer's own rate is the critical path there. This writes one span of footage-like frames with the
-song's audio as the render does, fed the yuv420p planes the decoder converts on the GPU, median of
-`--repeats`; then x264 alone on the same frames, and (on CUDA) the conversion of the span's frames on the
-GPU with their copy to page-locked host memory. (The nineteenth session's x264 threading variants and the
-CPU conversion pool it replaced are in bench/RESULTS.md.)
+demo song's audio into an .mp4 (AAC) as the render does, fed the yuv420p planes the decoder converts on
+the GPU, median of `--repeats`: once as they arrive at a fresh writer, once after the writer has encoded the
+audio ahead (as it does while the render samples the last window); then x264 alone on the same frames, and
+(on CUDA) the conversion of the span's frames on the GPU with their copy to page-locked host memory. (The
+nineteenth session's x264 threading variants and the CPU conversion pool it replaced are in
+bench/RESULTS.md.)
 
     python bench/writer_tail.py --out $OUT
     python bench/writer_tail.py --out /tmp/w --frames 48 --repeats 1   # smoke test
@@ -25,27 +27,30 @@ import av
 import numpy as np
 import torch
 
+from audioloop import demo
 from audioloop.media.audio import SourceAudio
 from audioloop.media.writer import VideoWriter
 from audioloop.media.yuv import yuv420p
 from decode import smooth_frames
 
 
-def write_span(planes: np.ndarray, folder: Path, fps: float = 25.0) -> float:
-    """Seconds to write yuv420p `planes` (and their audio, 48 kHz stereo int16) into a fresh .mkv and close
-    it."""
-    samples = round(len(planes) * 48_000 / fps)
-    tone = (3000 * np.sin(np.arange(samples) * 2 * np.pi * 440 / 48_000)).astype(np.int16)
-    audio = SourceAudio(np.stack([tone, tone]), 48_000, "stereo")
-    began = time.perf_counter()
-    with VideoWriter(
-        folder / "tail.mkv",
+def write_span(planes: np.ndarray, folder: Path, audio_ahead: bool, fps: float = 25.0) -> float:
+    """Seconds from queuing yuv420p `planes` (with the demo song's audio, 44.1 kHz stereo) to a closed .mp4;
+    with `audio_ahead`, the frames are queued after a wait long enough for the writer to encode all of the
+    audio first (AAC runs at ~15× real time on one core)."""
+    song = (demo.song(len(planes) / fps) * 32767).astype(np.int16)
+    video = VideoWriter(
+        folder / "tail.mp4",
         width=planes.shape[2],
         height=planes.shape[1] * 2 // 3,
         fps=fps,
-        audio=audio,
+        audio=SourceAudio(song, demo.RATE, "stereo"),
         total_frames=len(planes),
-    ) as video:
+    )
+    if audio_ahead:
+        time.sleep(len(planes) / fps / 5 + 0.5)
+    began = time.perf_counter()
+    with video:
         video.write_yuv420p(planes)
     return time.perf_counter() - began
 
@@ -98,7 +103,10 @@ def main() -> None:
     results: dict = {"frames": args.frames, "cpus": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        parts = {"writer, yuv420p planes": lambda: write_span(planes, folder)}
+        parts = {
+            "writer, audio as frames arrive": lambda: write_span(planes, folder, audio_ahead=False),
+            "writer, audio encoded ahead": lambda: write_span(planes, folder, audio_ahead=True),
+        }
         parts["x264 alone"] = lambda: x264_only(planes, folder)
         if torch.cuda.is_available():
             parts["conversion on the GPU + copy"] = lambda: gpu_conversion(rgb)
