@@ -1,4 +1,4 @@
-"""Streams rendered RGB frames into H.264 and muxes the original song audio, atomically on disk.
+"""Streams rendered frames (RGB or yuv420p) into H.264 and muxes the original song audio, atomically on disk.
 
 Containers and audio codecs (the audio is always the song's own samples, never re-generated):
 
