@@ -102,7 +102,7 @@ def test_json_prints_the_sidecar_with_every_setting_window_timing_and_version(fi
     assert sidecar["timings"]["total"] >= stages
     assert sidecar["versions"]["audioloop"] == __version__
     assert set(sidecar["versions"]) == {"audioloop", "python", "torch", "diffusers", "transformers", "av"}
-    assert sidecar["decode"]["margin"] == 8 and len(sidecar["decode"]["spans"]) == 3
+    assert sidecar["decode"]["reach"] == 14 and len(sidecar["decode"]["spans"]) == 2
 
 
 def test_output_defaults_to_the_song_name_and_only_stderr_is_written(files: dict[str, Path]) -> None:

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Video
-from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoUpsampler3d, PerChannelRMSNorm
+from diffusers.models.autoencoders.autoencoder_kl_ltx2 import PerChannelRMSNorm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from audioloop import render
-from audioloop.decode import DecodeSpan
+from audioloop.decode import STREAM_REACH, first_frame
+from audioloop.errors import SettingsError
 from audioloop.models import decoder
 from audioloop.models.configs import VIDEO_VAE_2_3
-from audioloop.models.latents import decode_video, denormalize_video
+from audioloop.models.latents import VideoStream, decode_video, denormalize_video
 from audioloop.models.tiny import tiny_video_vae
 
 
@@ -66,33 +68,10 @@ def test_norm_silu_pad_keeps_the_dtype_and_normalises_per_position():
     torch.testing.assert_close(decoder.norm_silu_pad(scaled, 0, 0), out)
 
 
-@pytest.mark.parametrize("stride", [(2, 2, 2), (2, 1, 1), (1, 2, 2)])
-@pytest.mark.parametrize("causal", [False, True])
-def test_upsample_matches_the_stock_upsampler(stride, causal):
-    torch.manual_seed(0)
-    up = LTX2VideoUpsampler3d(in_channels=8, stride=stride, upscale_factor=2).eval()
-    x = torch.randn(1, 8, 3, 4, 5)
-    with torch.no_grad():
-        out, held = decoder._upsample(up, x, decoder.Frames(0, 3, 3), causal)
-        torch.testing.assert_close(out, up(x, causal=causal), rtol=0, atol=1e-6)
-    assert held == decoder.Frames(0, 3 * stride[0] - (stride[0] - 1), 3 * stride[0] - (stride[0] - 1))
-
-
-@pytest.mark.parametrize("stride", [(2, 2, 2), (1, 2, 2)])
-def test_a_cropped_upsample_drops_no_frame_and_says_where_its_frames_are(stride):
-    """Input frames 1–3 of 4 (no frame 0, so nothing is dropped): the stock output's frames from 1·st − (st−1)
-    on; the conv padded the cropped side, so only the frames of its outputs 2 and 3 are the stock ones."""
-    torch.manual_seed(0)
-    up = LTX2VideoUpsampler3d(in_channels=8, stride=stride, upscale_factor=2).eval().double()
-    x = torch.randn(1, 8, 4, 2, 3, dtype=torch.float64)
-    with torch.no_grad():
-        whole = up(x, causal=False)
-        out, held = decoder._upsample(up, x[:, :, 1:], decoder.Frames(1, 4, 4), causal=False)
-    st = stride[0]
-    assert held == decoder.Frames(st - (st - 1), 4 * st - (st - 1), whole.shape[2])
-    assert out.shape[2] == held.stop - held.start
-    exact = 2 * st - (st - 1)  # the first frame of input frame 2's conv output
-    torch.testing.assert_close(out[:, :, exact - held.start :], whole[:, :, exact:], rtol=0, atol=1e-12)
+def test_frames_spread_by_an_upsampler_drop_its_extra_frames_only_at_the_start():
+    assert decoder.Frames(0, 3, 3).spread(2) == decoder.Frames(0, 5, 5)
+    assert decoder.Frames(1, 3, 4).spread(2) == decoder.Frames(1, 5, 7)
+    assert decoder.Frames(2, 4, 4).spread(1) == decoder.Frames(2, 4, 4)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -140,9 +119,9 @@ def test_some_frames_of_the_forward_are_those_of_the_whole_decode(vae64, latents
     assert relative(some, whole[:, :, start:stop]) < 1e-5
 
 
-def test_a_render_span_crops_to_its_emitted_frames_plus_each_stages_reach():
-    """The 2.3 decoder on a 72-latent span emitting frames 57–505 (56 latents with 8 of margin each side):
-    the first stages need every latent (their reach is ±14 latents), conv_out one frame each side."""
+def test_a_cropped_decode_keeps_its_frames_plus_each_stages_reach():
+    """The 2.3 decoder on 72 latents asked for frames 57–505 (56 latents with 8 more each side): the first
+    stages need every latent (their reach is ±14 latents), conv_out one frame each side."""
     with torch.device("meta"):
         dec = AutoencoderKLLTX2Video(**VIDEO_VAE_2_3).decoder
     stages = [dec.conv_in, *decoder._middle(dec), dec.conv_out]
@@ -153,10 +132,10 @@ def test_a_render_span_crops_to_its_emitted_frames_plus_each_stages_reach():
     assert all(w.start == 0 and w.stop == w.total for w in whole)
 
 
-def test_a_cropped_render_span_keeps_one_activation_length_per_time_resolution():
-    """The full-size 2.3 decoder on meta tensors: cropped for the render span's frames, its convs see one
-    input length per time resolution, as in the whole decode (each new shape costs cuDNN and Triton a
-    first-use setup in every process), none longer, and 90% of the whole decode's FLOPs."""
+def test_a_cropped_decode_keeps_one_activation_length_per_time_resolution():
+    """The full-size 2.3 decoder on meta tensors: cropped to some frames, its convs see one input length
+    per time resolution, as in the whole decode (each new shape costs cuDNN and Triton a first-use setup in
+    every process), none longer, and 90% of the whole decode's FLOPs."""
     with torch.device("meta"):
         dec = AutoencoderKLLTX2Video(**VIDEO_VAE_2_3).decoder
     lengths, flops = [], []
@@ -248,32 +227,129 @@ def test_install_is_idempotent_and_decode_video_gives_the_stock_frames():
     assert (frames.int() - expected.int()).abs().max() <= 1
 
 
-@pytest.mark.parametrize(("fused", "background"), [(True, True), (True, False), (False, True)])
-def test_the_render_decodes_fused_only_with_compile_on(fused, background):
-    vae = tiny_video_vae().eval()
+@pytest.mark.parametrize("background", [True, False])
+def test_the_render_installs_the_fused_decoder_and_refuses_one_it_cannot_stream(background):
     plan = SimpleNamespace(new_lat=1, height=64, width=96)
     writer = SimpleNamespace(write_yuv420p=lambda frames: None)
-    stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (), writer, background, fused)
-    stream.close()
-    assert ("forward" in vae.decoder.__dict__) == fused
-
-
-def test_the_render_decodes_in_tiles_of_the_area_it_is_given(monkeypatch):
-    calls = []
-
-    def decode(vae, z, tile_area, frames, yuv):
-        calls.append(("decode", tile_area, frames, yuv))
-        return torch.zeros(frames[1] - frames[0], 96, 64, dtype=torch.uint8)
-
-    monkeypatch.setattr(render, "decode_video", decode)
     vae = tiny_video_vae().eval()
-    plan = SimpleNamespace(new_lat=3, height=64, width=64)
-    frames = []
-    writer = SimpleNamespace(write_yuv420p=frames.append)
-    span = DecodeSpan(window=0, start=0, end=3, emit_start=0, emit_end=17)
-    stream = render.decoder(SimpleNamespace(video_vae=vae), plan, (span,), writer, True, True, 640)
-    stream.push(0, torch.zeros(1, vae.config.latent_channels, 3, 2, 2))
-    stream.close()
-    # nothing compiles first: the Triton kernels load on first use
-    assert calls == [("decode", 640, (0, 17), True)]
-    assert [f.shape[0] for f in frames] == [17]
+    render.decoder(SimpleNamespace(video_vae=vae), plan, (), writer, background).close()
+    assert decoder.installed(vae.decoder)
+    with pytest.raises(SettingsError, match=r"not LTX-2\.3's"):
+        render.decoder(
+            SimpleNamespace(video_vae=small_vae(upsample_residual=(True,) * 4)), plan, (), writer, False
+        )
+
+
+def streamed(stream: decoder.Stream, z: torch.Tensor, cuts: list[int]) -> list[torch.Tensor | None]:
+    """What a stream returns for z pushed in pieces ending at `cuts` (the last piece ends the axis)."""
+    bounds = [0, *cuts, z.shape[2]]
+    with torch.no_grad():
+        return [stream.push(z[:, :, a:b], last=b == z.shape[2]) for a, b in itertools.pairwise(bounds)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(latents=st.integers(1, 9), causal=st.booleans(), data=st.data())
+def test_a_stream_in_any_pieces_is_the_whole_decode(vae64, latents, causal, data):
+    """However the latents are cut into pushes, the frames that come out, in order, are the whole decode's
+    (but for the float32 rounding of the norms): each conv continues from the frames it kept."""
+    cuts = sorted(data.draw(st.sets(st.integers(1, latents - 1))) if latents > 1 else set())
+    z = torch.randn(1, vae64.config.latent_channels, latents, 1, 2, dtype=torch.float64)
+    with torch.no_grad():
+        whole = decoder.forward(vae64.decoder, z, causal=causal)
+    pieces = streamed(decoder.Stream(vae64.decoder, causal), z, cuts)
+    assert pieces[-1] is not None
+    out = torch.cat([p for p in pieces if p is not None], dim=2)
+    assert out.shape == whole.shape
+    assert relative(out, whole) < 1e-5
+
+
+def test_a_stream_keeps_a_few_frames_of_its_own_between_pushes(vae64):
+    """What a stream holds between pushes is copies of at most two frames per conv and per resnet, never a
+    view that would keep a whole activation alive."""
+    z = torch.randn(1, vae64.config.latent_channels, 12, 1, 2, dtype=torch.float64)
+    stream = decoder.Stream(vae64.decoder)
+    with torch.no_grad():
+        assert stream.push(z[:, :, :10]) is not None
+    kept = list(stream._kept.values())
+    assert kept and all(t.shape[2] <= 2 for t in kept)
+    assert all(t.untyped_storage().nbytes() == t.numel() * t.element_size() for t in kept)
+    with torch.no_grad():
+        stream.push(z[:, :, 10:], last=True)
+    assert stream._kept == {}
+
+
+def test_a_stream_refuses_pushes_after_its_end_empty_ones_and_late_frames(vae):
+    stream = decoder.Stream(vae.decoder)
+    z = torch.zeros(1, vae.config.latent_channels, 2, 1, 1)
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="at least one latent"):
+            stream.push(z[:, :, :0])
+        with pytest.raises(ValueError, match="one and last push"):
+            stream.push(z, frames=(0, 3))
+        stream.push(z[:, :, :1])
+        with pytest.raises(ValueError, match="one and last push"):
+            stream.push(z[:, :, 1:], last=True, frames=(0, 3))
+        stream.push(z[:, :, 1:], last=True)
+        with pytest.raises(ValueError, match="has ended"):
+            stream.push(z)
+    with pytest.raises(ValueError, match="does not cover"):
+        decoder.Stream(small_vae(timestep_conditioning=True).decoder)
+
+
+def test_the_full_size_stream_puts_out_a_render_window_reach_latents_late_and_decodes_nothing_twice():
+    """The full-size 2.3 decoder on meta tensors, pushed the default render's windows (63 latents, then 56
+    new a window): a window's frames come out 13.5 latents after the latents that end them (within
+    STREAM_REACH), each steady window puts out exactly its 448 frames, and the pushes together run the
+    whole timeline's convolutions once: the same conv output elements as one decode of all of it."""
+    with torch.device("meta"):
+        dec = AutoencoderKLLTX2Video(**VIDEO_VAE_2_3).decoder
+    elements = [0]
+
+    def record(conv, args, out):
+        elements[0] += out.numel() * conv.weight[0].numel()
+
+    for module in dec.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.register_forward_hook(record)
+    ends = [63 + 56 * i for i in range(5)]
+    z = torch.zeros(1, 128, ends[-1], 15, 26, device="meta")
+    pieces = streamed(decoder.Stream(dec), z, ends[:-1])
+    streamed_elements, elements[0] = elements[0], 0
+    with torch.no_grad():
+        decoder.forward(dec, z)
+    assert streamed_elements == elements[0]
+    counts = [p.shape[2] for p in pieces]
+    assert counts == [389, 448, 448, 448, 8 * (ends[-1] - 1) + 1 - 389 - 3 * 448]
+    for end, out in zip(ends, [389, 837, 1285, 1733], strict=False):
+        assert out == 8 * (end - 1 - 13.5) + 1 >= first_frame(end - STREAM_REACH)
+
+
+@pytest.mark.parametrize("tile_area", [None, 8 * 8])
+def test_a_video_stream_gives_the_frames_of_the_whole_timeline_as_asked(tile_area):
+    """Latents pushed in three spans come out as decode_video of all of them, frame for frame (within a
+    level of rounding), also in 2 × 2 spatial tiles; each call returns exactly the frames it asks for (the
+    tiny decoder completes 8(e − 9) + 1 frames of e latents: the first call holds 5 back)."""
+    vae = tiny_video_vae().eval()
+    torch.manual_seed(3)
+    size = (10, 12) if tile_area else (2, 3)
+    z = torch.randn(1, vae.config.latent_channels, 20, *size)
+    area = {} if tile_area is None else {"tile_area": tile_area}
+    whole = decode_video(vae, z, **area)
+    stream = VideoStream(vae, **area)
+    out = [
+        stream(z[:, :, :12], (0, 20)),
+        stream(z[:, :, 12:16], (20, 57)),
+        stream(z[:, :, 16:], (57, 153), last=True),
+    ]
+    assert [o.shape[0] for o in out] == [20, 37, 96]
+    assert (torch.cat(out).int() - whole.int()).abs().max() <= 1
+
+
+def test_a_video_stream_refuses_frames_out_of_order_or_not_yet_complete():
+    vae = tiny_video_vae().eval()
+    z = torch.randn(1, vae.config.latent_channels, 12, 1, 1)
+    stream = VideoStream(vae)
+    with pytest.raises(ValueError, match="do not follow"):
+        stream(z[:, :, :6], (5, 9))
+    with pytest.raises(ValueError, match="completed frames 0–"):
+        stream(z[:, :, :6], (0, 41))

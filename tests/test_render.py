@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from audioloop import demo
 from audioloop.config import Settings
 from audioloop.decode import (
+    STREAM_REACH,
     DecodeSpan,
     LatentStream,
-    decode_margin,
     decode_spans,
     decoded_frames,
     first_frame,
@@ -39,9 +39,10 @@ from audioloop.errors import InputError, Interrupted, RenderError, SettingsError
 from audioloop.job import output_path, prepare, step_sigmas
 from audioloop.media.audio import read_source_audio
 from audioloop.media.writer import VideoWriter
-from audioloop.models.latents import decode_video, encode_frames
+from audioloop.models import decoder as vae_decoder
+from audioloop.models.latents import VideoStream, decode_video, encode_frames
 from audioloop.models.tiny import tiny_video_vae
-from audioloop.plan import Plan, make_plan
+from audioloop.plan import TEMPORAL, Plan, make_plan
 from audioloop.render import Clock, render
 from audioloop.request import request_for
 from audioloop.sampling.layout import unpack_video
@@ -151,55 +152,41 @@ def test_frame_and_latent_mapping_is_causal() -> None:
 
 
 def test_decode_spans_of_a_three_window_render() -> None:
+    """Window 0 completes no frame (its 12 latents are within the decoder's reach of its end); window 1
+    pushes all 18 so far and emits the frames of its first 4 latents; window 2 pushes the rest."""
     plan = plan_of(6.4)
     assert window_ends(plan) == (12, 18, 24)
-    assert decode_spans(plan, 8) == (
-        DecodeSpan(window=0, start=0, end=12, emit_start=0, emit_end=25),
-        DecodeSpan(window=1, start=0, end=18, emit_start=25, emit_end=73),
-        DecodeSpan(window=2, start=2, end=24, emit_start=73, emit_end=160),
+    assert decode_spans(plan) == (
+        DecodeSpan(window=1, start=0, end=18, emit_start=0, emit_end=25),
+        DecodeSpan(window=2, start=18, end=24, emit_start=25, emit_end=160),
     )
-    assert decode_margin(plan) == 8
     assert frame_budget(plan) == 178
-    assert queue_limit(plan, decode_spans(plan, 8)) == 178 - 169
-
-
-def test_decode_spans_wait_for_enough_new_frames() -> None:
-    plan = plan_of(6.4)
-    assert decode_spans(plan, 8, min_new=40) == (
-        DecodeSpan(window=1, start=0, end=18, emit_start=0, emit_end=73),
-        DecodeSpan(window=2, start=2, end=24, emit_start=73, emit_end=160),
-    )
-    assert decode_spans(plan, 8, min_new=1000) == (DecodeSpan(2, 0, 24, 0, 160),)
+    assert queue_limit(plan, decode_spans(plan)) == 178 - 135
 
 
 def test_decode_spans_at_the_default_geometry() -> None:
+    """832×480, 3:30: each window emits its 448 new frames STREAM_REACH latents late; the last span stops
+    STREAM_REACH latents past the song's last frame (latent 657), not at the window's end (679)."""
     plan = plan_of(210.0, width=832, height=480, window_s=19.88, overlap_s=2.0)
-    spans = decode_spans(plan, decode_margin(plan))
-    assert decode_margin(plan) == 8
-    assert spans[:2] == (DecodeSpan(0, 0, 63, 0, 433), DecodeSpan(1, 47, 119, 433, 881))
-    assert max(span.frames for span in spans) == 569
-    assert queue_limit(plan, spans) == 2 * 497 - 569
+    spans = decode_spans(plan)
+    assert spans[:2] == (DecodeSpan(0, 0, 63, 0, 385), DecodeSpan(1, 63, 119, 385, 833))
+    assert spans[-1] == DecodeSpan(11, 623, 672, 4865, 5250)
+    assert {span.frames for span in spans[1:-1]} == {448}
+    assert queue_limit(plan, spans) == 2 * 497 - 448
 
 
-def test_a_short_window_shrinks_the_margin_to_keep_two_windows_of_frames() -> None:
+def test_windows_shorter_than_the_reach_keep_at_least_one_queued_frame() -> None:
+    """1.32 s windows: nothing completes before the last window, whose span emits all 100 frames, more
+    than two windows' 66; the writer's queue still takes one frame."""
     plan = plan_of(4.0, window_s=1.32, overlap_s=0.36)
-    assert (plan.win_lat, plan.ov_lat) == (5, 2)
-    assert decode_margin(plan) == 3
-    assert (
-        max(s.frames for s in decode_spans(plan, 3))
-        < frame_budget(plan)
-        <= max(s.frames for s in decode_spans(plan, 4))
-    )
+    assert decode_spans(plan) == (DecodeSpan(3, 0, 14, 0, 100),)
+    assert frame_budget(plan) == 66
+    assert queue_limit(plan, decode_spans(plan)) == 1
 
 
 def test_a_single_window_render_is_one_span() -> None:
     plan = plan_of(1.0)
-    assert decode_spans(plan, 8) == (DecodeSpan(0, 0, plan.windows[0].lat_frames, 0, 25),)
-
-
-def test_margin_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="at least 1"):
-        decode_spans(plan_of(6.4), 0)
+    assert decode_spans(plan) == (DecodeSpan(0, 0, plan.windows[0].lat_frames, 0, 25),)
 
 
 @settings(max_examples=300, deadline=None)
@@ -208,70 +195,58 @@ def test_margin_must_be_positive() -> None:
     window_s=st.floats(0.4, 20.0),
     overlap_fraction=st.floats(0.01, 0.95),
     seconds=st.floats(0.2, 200.0),
-    margin=st.integers(1, 12),
-    min_new=st.one_of(st.just(1), st.integers(1, 2000)),
 )
-def test_decode_spans_emit_every_frame_exactly_once_with_margin(
-    fps: float, window_s: float, overlap_fraction: float, seconds: float, margin: int, min_new: int
+def test_decode_spans_push_every_latent_once_and_emit_every_frame_once_its_reach_is_in(
+    fps: float, window_s: float, overlap_fraction: float, seconds: float
 ) -> None:
     try:
         plan = plan_of(seconds, fps=fps, window_s=window_s, overlap_s=window_s * overlap_fraction)
     except (SettingsError, InputError):
         reject()
     ends = window_ends(plan)
-    spans = decode_spans(plan, margin, min_new)
+    spans = decode_spans(plan)
     emitted = [f for span in spans for f in range(span.emit_start, span.emit_end)]
     assert emitted == list(range(plan.total_frames))
-    for span in spans:
-        last = span.window == len(plan.windows) - 1
-        assert last or span.emit_end - span.emit_start >= min_new
+    assert [s.start for s in spans] == [0, *(s.end for s in spans[:-1])]
+    needed = min(ends[-1], latent_of(plan.total_frames - 1) + 1 + STREAM_REACH)
+    assert spans[-1].window == len(plan.windows) - 1 and spans[-1].end == needed
+    for span in spans[:-1]:
         assert span.end == ends[span.window]
-        assert span.start == 0 or latent_of(span.emit_start) - span.start >= margin
-        assert last or span.end - latent_of(span.emit_end - 1) > margin
-        assert 0 <= span.kept[0] < span.kept[1] <= span.frames
-        assert span.kept[1] - span.kept[0] == span.emit_end - span.emit_start
-    chosen = decode_margin(plan)
-    assert max(s.frames for s in decode_spans(plan, chosen)) < frame_budget(plan)
+        assert span.frames > 0 and latent_of(span.emit_end - 1) + STREAM_REACH < span.end
+    assert queue_limit(plan, spans) >= 1
+    if min(w.px_frames for w in plan.windows[:-1] or plan.windows) > TEMPORAL * STREAM_REACH + 8:
+        assert max(s.frames for s in spans) + queue_limit(plan, spans) == frame_budget(plan)
 
 
-def test_latent_stream_puts_every_frame_where_its_latent_is() -> None:
-    """A stand-in decoder paints each decoded frame with its latent's value; the timeline index comes out."""
-    plan = plan_of(12.0)
-    spans = decode_spans(plan, 4)
-    decoded: list[int] = []
-    out: list[torch.Tensor] = []
+class PaintingStream:
+    """A stand-in streamed decoder: keeps the latents it was given and paints each frame asked for with its
+    latent's value, so the timeline index comes out where each latent went."""
 
-    def decode(z: torch.Tensor, frames: tuple[int, int]) -> torch.Tensor:
-        decoded.append(z.shape[2])
-        index = torch.tensor([latent_of(d) for d in range(decoded_frames(z.shape[2]))])
-        return z[0, 0, index, 0, 0][frames[0] : frames[1]]
+    def __init__(self, fail_at: int | None = None, delay: float = 0.0) -> None:
+        self.timeline = torch.zeros(0)
+        self.pushed: list[int] = []
+        self.last: list[bool] = []
+        self.fail_at, self.delay = fail_at, delay
 
-    stream = LatentStream(plan, spans, decode, out.append)
-    for window in plan.windows:
-        offset = window.index * plan.new_lat
-        stream.push(
-            window.index, torch.arange(offset, offset + window.lat_frames).float().view(1, 1, -1, 1, 1)
-        )
-    frames = torch.cat(out)
-    assert frames.tolist() == [latent_of(f) for f in range(plan.total_frames)]
-    assert decoded == [s.end - s.start for s in spans]
+    def __call__(self, z: torch.Tensor, frames: tuple[int, int], last: bool = False) -> torch.Tensor:
+        if self.fail_at is not None and len(self.pushed) == self.fail_at:
+            raise RuntimeError("decoder failed")
+        time.sleep(self.delay)
+        self.timeline = torch.cat([self.timeline, z[0, 0, :, 0, 0]])
+        self.pushed.append(z.shape[2])
+        self.last.append(last)
+        return self.timeline[[latent_of(f) for f in range(*frames)]]
 
 
 def stream_frames(
-    plan: Plan, background: bool, fail_at: int | None = None
+    plan: Plan, background: bool, decode: PaintingStream | None = None
 ) -> tuple[list[torch.Tensor], float]:
-    """Push a timeline of latent indices through a LatentStream whose stand-in decoder paints each frame
-    with its latent; return the emitted chunks and the stream's busy seconds."""
+    """Push a timeline of latent indices through a LatentStream whose stand-in decoder (a PaintingStream
+    taking 10 ms a call, unless given) paints each frame with its latent; return the emitted chunks and the
+    stream's busy seconds."""
     out: list[torch.Tensor] = []
-
-    def decode(z: torch.Tensor, frames: tuple[int, int]) -> torch.Tensor:
-        if fail_at is not None and len(out) == fail_at:
-            raise RuntimeError("decoder failed")
-        time.sleep(0.01)
-        index = torch.tensor([latent_of(d) for d in range(decoded_frames(z.shape[2]))])
-        return z[0, 0, index, 0, 0][frames[0] : frames[1]]
-
-    stream = LatentStream(plan, decode_spans(plan, 4), decode, out.append, background=background)
+    decode = decode or PaintingStream(delay=0.01)
+    stream = LatentStream(plan, decode_spans(plan), decode, out.append, background=background)
     try:
         for window in plan.windows:
             offset = window.index * plan.new_lat
@@ -283,20 +258,29 @@ def stream_frames(
     return out, stream.busy
 
 
+def test_latent_stream_puts_every_frame_where_its_latent_is() -> None:
+    plan = plan_of(12.0)
+    spans, decode = decode_spans(plan), PaintingStream()
+    out, _ = stream_frames(plan, background=False, decode=decode)
+    assert torch.cat(out).tolist() == [latent_of(f) for f in range(plan.total_frames)]
+    assert decode.pushed == [s.end - s.start for s in spans]
+    assert decode.last == [False] * (len(spans) - 1) + [True]
+
+
 def test_background_decoding_emits_the_same_frames_in_the_same_order() -> None:
     plan = plan_of(12.0)
     inline, inline_busy = stream_frames(plan, background=False)
     background, background_busy = stream_frames(plan, background=True)
     assert [c.tolist() for c in background] == [c.tolist() for c in inline]
     assert torch.cat(background).tolist() == [latent_of(f) for f in range(plan.total_frames)]
-    spans = len(decode_spans(plan, 4))
+    spans = len(decode_spans(plan))
     assert inline_busy >= 0.01 * spans and background_busy >= 0.01 * spans
 
 
 def test_a_background_decoder_error_reaches_the_caller_and_stops_the_stream() -> None:
     plan = plan_of(12.0)
     with pytest.raises(RuntimeError, match="decoder failed"):
-        stream_frames(plan, background=True, fail_at=1)
+        stream_frames(plan, background=True, decode=PaintingStream(fail_at=1, delay=0.01))
     assert not [t for t in threading.enumerate() if t.name.startswith("decode")]
 
 
@@ -317,7 +301,7 @@ def test_a_stage_inside_another_pauses_it(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_latent_stream_refuses_windows_out_of_order() -> None:
     plan = plan_of(12.0)
-    stream = LatentStream(plan, decode_spans(plan, 4), lambda z, frames: z, lambda f: None)
+    stream = LatentStream(plan, decode_spans(plan), PaintingStream(), lambda f: None)
     with pytest.raises(ValueError, match="gap"):
         stream.push(2, torch.zeros(1, 1, 12, 1, 1))
 
@@ -458,6 +442,7 @@ def test_pixel_context_re_encodes_the_decoded_tail_of_the_previous_window(
     render_song(inputs, tmp_path / "video.mp4", context="pixel", adain=0.0)
     windows = window_latents(tmp_path / "video.mp4.work")
     vae = tiny_video_vae()
+    vae_decoder.install(vae.decoder)  # as the render decodes
     for before, after in itertools.pairwise(windows):
         tail = decode_video(vae, before)[-(8 * (OV_LAT - 1) + 1) :]
         torch.testing.assert_close(after[:, :, :OV_LAT], encode_frames(vae, tail))
@@ -470,13 +455,11 @@ def test_pixel_context_re_encodes_the_decoded_tail_of_the_previous_window(
 def test_six_windows_never_hold_more_than_two_windows_of_decoded_frames(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import audioloop.render
-
     decoded: list[int] = []
-    real_decode, real_encode = audioloop.render.decode_video, VideoWriter._encode_frames
+    real_decode, real_encode = VideoStream.__call__, VideoWriter._encode_frames
 
-    def recording(vae: Any, z: torch.Tensor, **options: int) -> torch.Tensor:
-        frames = real_decode(vae, z, **options)
+    def recording(self: VideoStream, *args: Any, **options: Any) -> torch.Tensor:
+        frames = real_decode(self, *args, **options)
         decoded.append(len(frames))
         return frames
 
@@ -484,14 +467,14 @@ def test_six_windows_never_hold_more_than_two_windows_of_decoded_frames(
         time.sleep(0.001 * len(piece))
         real_encode(self, piece)
 
-    monkeypatch.setattr(audioloop.render, "decode_video", recording)
+    monkeypatch.setattr(VideoStream, "__call__", recording)
     monkeypatch.setattr(VideoWriter, "_encode_frames", slow)
     sidecar = render_song(make_inputs(tmp_path, 12.0), tmp_path / "video.mp4", sigmas=(1.0, 0.0))
     peak = sidecar["decode"]["writer_peak_queued_frames"]
-    assert len(sidecar["windows"]) == 6 and len(decoded) == 6
     spans = sidecar["decode"]["spans"]
+    assert len(sidecar["windows"]) == 6 and len(decoded) == len(spans) == 5  # window 0 completes none
     assert decoded == [span["emit_end"] - span["emit_start"] for span in spans]  # only what each emits
-    assert max(span["frames"] for span in spans) <= WIN_PX + 16 * sidecar["decode"]["margin"]
+    assert sidecar["decode"]["reach"] == STREAM_REACH
     assert 0 < peak <= sidecar["decode"]["writer_max_queued_frames"]
     assert max(decoded) + peak <= 2 * WIN_PX
 
@@ -532,12 +515,12 @@ def seam_ratios(frames: np.ndarray, cuts: list[int]) -> list[float]:
     return ratios
 
 
-@pytest.mark.parametrize("margin", [None, 1])
 def test_window_boundaries_and_decode_cuts_show_no_seam(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, margin: int | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the chosen margin the streamed frames are a whole-song decode and no cut stands out; a 1-latent
-    margin (the check's control) makes every cut stand out."""
+    """The streamed frames are the whole song's decode and no window boundary or decode cut stands out;
+    each window decoded on its own (the check's control: no context across a boundary) makes every
+    window boundary stand out."""
     import audioloop.render
 
     streamed: list[np.ndarray] = []
@@ -548,21 +531,22 @@ def test_window_boundaries_and_decode_cuts_show_no_seam(
         lambda self, f: (streamed.append(f.numpy().copy()), real_write(self, f)),
     )
     monkeypatch.setattr(audioloop.render, "sample_window", smooth_sampler(NEW_LAT))
-    if margin is not None:
-        monkeypatch.setattr("audioloop.job.decode_margin", lambda plan: margin)
     output = tmp_path / "video.mkv"
     sidecar = render_song(make_inputs(tmp_path, 12.0), output, adain=0.0, crf=0)
     boundaries = [w["keep_start"] for w in sidecar["windows"][1:]]
     cuts = sorted({*boundaries, *(s["emit_start"] for s in sidecar["decode"]["spans"][1:])})
-    ratios = seam_ratios(frames_of(output), cuts)
-    if margin is not None:
-        assert min(ratios) > 2.0, ratios
-        return
-    assert max(ratios) < 2.0, ratios
+    assert max(seam_ratios(frames_of(output), cuts)) < 2.0
     windows = window_latents(tmp_path / "video.mkv.work")
     timeline = torch.cat([windows[0], *(w[:, :, OV_LAT:] for w in windows[1:])], dim=2)
     whole = decode_video(tiny_video_vae(), timeline, yuv=True)[: len(np.concatenate(streamed))].numpy()
     assert np.abs(np.concatenate(streamed).astype(int) - whole).max() <= 1
+    alone = [decode_video(tiny_video_vae(), w).numpy() for w in windows]
+    offsets = [TEMPORAL * NEW_LAT * i for i in range(len(windows))]
+    keeps = [(w["keep_start"], w["keep_end"]) for w in sidecar["windows"]]
+    control = np.concatenate(
+        [a[k0 - o : k1 - o] for a, o, (k0, k1) in zip(alone, offsets, keeps, strict=True)]
+    )
+    assert min(seam_ratios(control, boundaries)) > 2.0
 
 
 # Failures
@@ -616,7 +600,7 @@ def test_out_of_memory_in_the_background_decoder_names_its_switch(
     def out_of_memory(*args: Any, **kwargs: Any) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory")
 
-    monkeypatch.setattr("audioloop.render.decode_video", out_of_memory)
+    monkeypatch.setattr(VideoStream, "__call__", out_of_memory)
     with pytest.raises(RenderError, match=r"out of GPU memory during decode .*use --no-background-decode or"):
         render_song(inputs, tmp_path / "video.mp4", background_decode=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["video.mp4.work"]

@@ -57,7 +57,6 @@ from audioloop.upscale_job import (
     prepare_upscale,
     read_render,
     refine_sigmas,
-    span_tiles,
 )
 from audioloop.workdir import WorkDir
 from mediagen import frames_of
@@ -149,7 +148,7 @@ def test_tiles_keep_every_latent_and_frame_once_and_freeze_the_previous_tiles_en
         lo, hi = upsample_range(tiles, tile, timeline_latents(render_plan))
         first, end = refined_range(tiles, tile)
         assert 0 <= lo <= first < end <= hi <= timeline_latents(render_plan)
-    emitted = [f for s in decode_spans(tiles, 8) for f in range(s.emit_start, s.emit_end)]
+    emitted = [f for s in decode_spans(tiles) for f in range(s.emit_start, s.emit_end)]
     assert emitted == list(range(render_plan.total_frames))
 
 
@@ -506,11 +505,6 @@ def test_render_with_upscale_renders_then_upscales(tmp_path: Path) -> None:
     assert documents["upscale"]["output"] == str(tmp_path / "v.2x.mp4")
     with av.open(str(tmp_path / "v.2x.mp4")) as container:
         assert (container.streams.video[0].width, container.streams.video[0].frames) == (128, 25)
-
-
-def test_a_decode_span_covers_two_tiles_only_where_the_weights_leave_room() -> None:
-    assert span_tiles(AccelSettings()) == 1
-    assert span_tiles(AccelSettings(fp8=DEFAULT_FP8)) == span_tiles(AccelSettings(offload=True)) == 2
 
 
 def test_decode_tiles_are_smaller_beside_resident_bf16_weights() -> None:

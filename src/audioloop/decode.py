@@ -1,20 +1,15 @@
 """Streaming decode: which latents to decode after each window, and the stream that does it (DESIGN §5).
 
 The song's latents form one timeline: window i's latent k is timeline latent i·new_lat + k, and output frame f
-belongs to timeline latent (f + 7)//8 (latent 0 is the causal single frame). The 2.3 decoder is not causal, so
-a frame decodes exactly as in a whole-song decode only with enough latents on both sides of it. After window i
-the stream decodes the span [first unemitted latent − margin, window i's last latent] and emits frames up to
-`margin` latents before the span's end; the last window emits everything up to the song's last frame. A span
-decoded from timeline latent a maps decoded frame d to output frame 8a + d (its first latent decodes as a
-single frame, which lands on the last frame of that latent's eight).
-
-Margin: the 2.3 decoder (conv_in, a 2-resnet mid block, up blocks of 2/4/6/4 resnets with ×2, ×2, ×2 time
-upsampling, conv_out; every conv has 3 taps in time) reaches ±14 latents, but its influence decays fast.
-Measured on the full-size architecture (random weights, 32×32 px), the largest error of a frame decoded from
-a span against the whole-sequence decode, in uint8 levels: margin 4 → 15.3, 6 → 2.2, 8 → 0.17, 10 → 0. At 8
-latents the cut is below half a uint8 level, i.e. invisible after rounding; the span grows by 16 latents
-(72 instead of 63 at the default geometry, ~14% more decode time). The margin shrinks only where a short
-window could not otherwise keep a decode span plus the writer's queue within two windows of frames.
+belongs to timeline latent (f + 7)//8 (latent 0 is the causal single frame). The 2.3 decoder is not causal:
+a frame depends on the latents up to 13.5 after its own (conv_in, a 2-resnet mid block and the first
+upsampler's conv at the latent rate: 6; 2, 4 and 6 + 4 resnets after each ×2 time upsampling: 2.5, 2.25 and
+2.75; every conv has 3 taps in time). The decode is one stream over the timeline (`models.decoder.Stream`:
+each conv keeps the last frames of its input), so every frame is the whole timeline's decode and no latent
+is decoded twice. After window i, its latents not yet decoded go in and the frames they complete come out:
+those of latents more than STREAM_REACH before the window's end (0.56 s at 25 fps). The last span ends
+STREAM_REACH latents past the video's last frame (later latents change none of its frames) and completes
+the video.
 """
 
 from __future__ import annotations
@@ -30,12 +25,13 @@ from torch import Tensor
 
 from audioloop.plan import TEMPORAL, Plan
 
-DECODE_MARGIN = 8
+STREAM_REACH = 14  # latents after a frame's own that the 2.3 decoder reads (13.5), rounded up
 
 
 @dataclass(frozen=True)
 class DecodeSpan:
-    """After window `window`: decode timeline latents [start, end), emit frames [emit_start, emit_end)."""
+    """After window `window`: push timeline latents [start, end) into the decode, emit frames
+    [emit_start, emit_end)."""
 
     window: int
     start: int
@@ -45,18 +41,8 @@ class DecodeSpan:
 
     @property
     def frames(self) -> int:
-        """Pixel frames the decoder returns for this span."""
-        return decoded_frames(self.end - self.start)
-
-    @property
-    def offset(self) -> int:
-        """Index of output frame emit_start within the decoded frames."""
-        return self.emit_start - TEMPORAL * self.start
-
-    @property
-    def kept(self) -> tuple[int, int]:
-        """The decoded frames [start, stop) that the span emits."""
-        return self.offset, self.offset + self.emit_end - self.emit_start
+        """Frames the span emits."""
+        return self.emit_end - self.emit_start
 
 
 def decoded_frames(latents: int) -> int:
@@ -79,55 +65,48 @@ def window_ends(plan: Plan) -> tuple[int, ...]:
     return tuple(w.index * plan.new_lat + w.lat_frames for w in plan.windows)
 
 
-def decode_spans(plan: Plan, margin: int, min_new: int = 1) -> tuple[DecodeSpan, ...]:
-    """The decode after each window that has at least `min_new` new frames ready (the last window: any):
-    every output frame emitted exactly once, in order, each with `margin` latents of context on both sides
-    except at the start and end of the video. A larger `min_new` decodes less often, in longer spans, so
-    the margins cost less (the upscale's short tiles)."""
-    if margin < 1:
-        raise ValueError(f"the decode margin must be at least 1 latent, got {margin}")
+def decode_spans(plan: Plan) -> tuple[DecodeSpan, ...]:
+    """The decode after each window that completes new frames (the last window: the rest): every latent up
+    to STREAM_REACH past the video's last frame pushed once and every output frame emitted once, in order,
+    each once the STREAM_REACH latents after its own are in."""
     ends = window_ends(plan)
+    needed = min(ends[-1], latent_of(plan.total_frames - 1) + 1 + STREAM_REACH)
     spans: list[DecodeSpan] = []
-    emitted = 0
+    emitted = pushed = 0
     for index, end in enumerate(ends):
         last = index == len(ends) - 1
-        ready = plan.total_frames if last else min(plan.total_frames, first_frame(max(0, end - margin)))
-        if ready <= emitted or (not last and ready - emitted < min_new):
-            continue
-        start = max(0, latent_of(emitted) - margin)
-        spans.append(DecodeSpan(index, start, end, emitted, ready))
-        emitted = ready
+        end = min(end, needed)
+        ready = plan.total_frames if last else min(plan.total_frames, first_frame(max(0, end - STREAM_REACH)))
+        if ready > emitted:
+            spans.append(DecodeSpan(index, pushed, end, emitted, ready))
+            emitted, pushed = ready, end
     return tuple(spans)
 
 
 def frame_budget(plan: Plan) -> int:
-    """Two windows' worth of decoded frames: the most a render may hold (decode span plus writer queue)."""
+    """Two windows' worth of decoded frames: the most a render holds, decode span plus writer queue. Only
+    windows much shorter than the decoder's reach (8·STREAM_REACH frames) let the last span, which also
+    completes every frame still waiting for its reach, hold more."""
     return 2 * max(w.px_frames for w in plan.windows)
 
 
-def decode_margin(plan: Plan) -> int:
-    """DECODE_MARGIN, or the largest smaller margin whose biggest decode span stays under frame_budget."""
-    for margin in range(DECODE_MARGIN, 1, -1):
-        if max(s.frames for s in decode_spans(plan, margin)) < frame_budget(plan):
-            return margin
-    return 1
-
-
 def queue_limit(plan: Plan, spans: tuple[DecodeSpan, ...]) -> int:
-    """The writer's max_queued_frames: whatever the largest decode span leaves of frame_budget."""
-    return frame_budget(plan) - max(s.frames for s in spans)
+    """The writer's max_queued_frames: whatever the largest decode span leaves of frame_budget (at least
+    one frame)."""
+    return max(1, frame_budget(plan) - max(s.frames for s in spans))
 
 
 class LatentStream:
-    """Collects each final window's latents on the timeline, decodes its span and hands the frames on.
+    """Collects each final window's latents on the timeline, pushes each span's into the decode and hands
+    the frames on.
 
-    Only the latents a later span still needs are kept, so memory does not grow with the song's length.
-    `decode(latents, frames=(start, stop))` maps latents [1, C, L, h, w] to those of their 8(L−1)+1 decoded
-    frames that the span emits (so a decoder may skip the rest), in the layout `emit` takes; `emit`
-    receives them.
-    With `background`, each span decodes and emits on a worker thread (on CUDA, on a side stream) while the
-    caller samples the next window; one span at a time, so at most one span's frames exist beside the
-    writer's queue. `busy` is the seconds spent decoding, wherever it ran.
+    Only latents no span has pushed yet are kept, so memory does not grow with the song's length.
+    `decode(latents, frames=(emit_start, emit_end), last=...)` is a stream over the timeline (a
+    `models.latents.VideoStream`): it takes each span's latents, which follow the last span's, and returns
+    the frames the span emits, in the layout `emit` takes; `last` marks the final span. `emit` receives
+    them. With `background`, each span decodes and emits on a worker thread (on CUDA, on a side stream)
+    while the caller samples the next window; one span at a time, so at most one span's frames exist beside
+    the writer's queue. `busy` is the seconds spent decoding, wherever it ran.
     """
 
     def __init__(
@@ -140,6 +119,7 @@ class LatentStream:
     ) -> None:
         self._new_lat = plan.new_lat
         self._spans = {span.window: span for span in spans}
+        self._final = spans[-1].window if spans else None
         self._decode = decode
         self._emit = emit
         self._latents: Tensor | None = None
@@ -147,6 +127,7 @@ class LatentStream:
         self._end = 0
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="decode") if background else None
         self._pending: Future[None] | None = None
+        self._side: torch.cuda.Stream | None = None
         self.busy = 0.0
 
     def push(self, index: int, latents: Tensor) -> None:
@@ -171,11 +152,8 @@ class LatentStream:
             chosen = chosen.clone()
             ready = torch.cuda.current_stream(chosen.device).record_event() if chosen.is_cuda else None
             self._pending = self._worker.submit(self._run, span, chosen, ready)
-        later = [s.start for s in self._spans.values() if s.window > index]
-        if later:
-            keep = min(later)
-            self._latents = self._latents[:, :, keep - self._base :].clone()
-            self._base = keep
+        self._latents = self._latents[:, :, span.end - self._base :].clone()
+        self._base = span.end
 
     def wait(self) -> None:
         """Wait for the span decoding in the background, if any; raise its error."""
@@ -192,22 +170,29 @@ class LatentStream:
                 self._worker.shutdown()
 
     def _run(self, span: DecodeSpan, latents: Tensor, ready: torch.cuda.Event | None) -> None:
-        """Decode one span and emit its frames; `ready` (CUDA) marks the caller's stream producing latents."""
+        """Decode one span and emit its frames; `ready` (CUDA) marks the caller's stream producing latents,
+        and the decode runs on the stream's one side stream (the frames the decoder keeps between spans
+        live there)."""
+        if ready is not None and self._side is None:
+            self._side = torch.cuda.Stream(latents.device)
         began = time.perf_counter()
-        with _side_stream(latents, ready):
-            frames = self._decode(latents, frames=span.kept)
+        with _on_stream(self._side if ready is not None else None, latents, ready):
+            frames = self._decode(
+                latents, frames=(span.emit_start, span.emit_end), last=span.window == self._final
+            )
         self.busy += time.perf_counter() - began
         self._emit(frames)
 
 
 @contextmanager
-def _side_stream(latents: Tensor, ready: torch.cuda.Event | None) -> Iterator[None]:
-    """Run the block on a fresh CUDA stream that first waits for `ready` (and keeps `latents`' memory from
-    reuse until its work is done), or as it is (CPU, or decoding inline)."""
-    if ready is None:
+def _on_stream(
+    stream: torch.cuda.Stream | None, latents: Tensor, ready: torch.cuda.Event | None
+) -> Iterator[None]:
+    """Run the block on `stream` once it has waited for `ready` (keeping `latents`' memory from reuse until
+    its work is done), or as it is (None: CPU, or decoding inline)."""
+    if stream is None:
         yield
         return
-    stream = torch.cuda.Stream(latents.device)
     stream.wait_event(ready)
     latents.record_stream(stream)
     with torch.cuda.stream(stream):

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from audioloop.config import Settings
-from audioloop.decode import DecodeSpan, decode_margin, decode_spans
+from audioloop.decode import DecodeSpan, decode_spans
 from audioloop.errors import InputError, SettingsError
 from audioloop.media.audio import SourceAudio, load_waveform, read_source_audio, slice_window
 from audioloop.media.image import load_image
@@ -69,7 +69,6 @@ class Job:
     background: bool
     fingerprints: tuple[str, ...]
     start: int
-    margin: int
     spans: tuple[DecodeSpan, ...]
     hashes: dict[str, str]
     warnings: tuple[str, ...]
@@ -324,7 +323,6 @@ def prepare(request: RenderRequest) -> Job:
         prints = chain(inputs)
         start = resume_start([work.valid(i, prints[i], shapes[i]) for i in range(count)], request.resume)
     check_disk(output, work.path, *disk_needed(plan, audio))
-    margin = decode_margin(plan)
     warnings = []
     if len(settings.per_step_adain) > len(settings.sigmas) - 1:
         warnings.append(
@@ -348,8 +346,7 @@ def prepare(request: RenderRequest) -> Job:
         background=background_decode(settings.background_decode, device, settings.offload),
         fingerprints=tuple(prints),
         start=start,
-        margin=margin,
-        spans=decode_spans(plan, margin),
+        spans=decode_spans(plan),
         hashes={
             "song": file_hash(request.song),
             "image": file_hash(request.image),

@@ -4,10 +4,10 @@ becomes final (DESIGN §1, §4, §5).
 Prompts are encoded before the transformer loads (Gemma is freed first). Window 0 starts from the image;
 window i ≥ 1 from window i−1's last ov_lat latents plus the image guide, each with its own song slice, prompt
 and seed i, then AdaIN toward window 0. Finished windows go to the work dir; windows already there are reused.
-Every window's latents enter a LatentStream that decodes with margin and queues frames on the VideoWriter,
-whose thread encodes while the next window samples; with background decode (the default on large CUDA
-cards) the decode itself runs on a worker thread and a side stream, beside the next window's sampling. The
-loop touches files only through the work dir and the writer.
+Every window's latents enter a LatentStream, one decode over the song's timeline, that queues frames on the
+VideoWriter, whose thread encodes while the next window samples; with background decode (the default on
+large CUDA cards) the decode itself runs on a worker thread and a side stream, beside the next window's
+sampling. The loop touches files only through the work dir and the writer.
 
 Split over a torchrun job (sequence parallel), every rank walks the same chain inside one `sequence_parallel`
 scope and samples the same latents; rank 0 alone encodes the prompts into the cache (the others read it after
@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from audioloop.models import decoder as vae_decoder
 from audioloop.models.accel import AccelSettings, accelerate, start_early
 from audioloop.models.latents import (
     DECODE_TILE_AREA,
+    VideoStream,
     decode_video,
     encode_audio,
     encode_frames,
@@ -199,7 +199,7 @@ def _render(
             _enter_split(split, state.transformer)
         if writer is not None:
             with clock("decode"):
-                stream = decoder(components, plan, job.spans, writer, job.background, job.accel.compile)
+                stream = decoder(components, plan, job.spans, writer, job.background)
         for window in plan.windows:
             progress.start_window(window.index, len(plan.windows), sampled=window.index >= job.start)
             latents = _window_latents(job, window, state, progress, clock)
@@ -308,17 +308,19 @@ def decoder(
     spans: tuple[DecodeSpan, ...],
     writer: VideoWriter,
     background: bool,
-    fused: bool,
     tile_area: int = DECODE_TILE_AREA,
 ) -> LatentStream:
     """The stream that decodes each window's (or tile's) final latents, as the spans say, in spatial tiles of
-    at most `tile_area` latents², onto the writer. `fused` (with compile on): through the fused decoder
-    forward, whose Triton kernels load on the first decode, wherever it runs. Frames reach the writer as
-    yuv420p, converted where the decoder runs."""
+    at most `tile_area` latents², onto the writer: one stream over the timeline through the fused decoder
+    (installed, so the pixel context's decodes are fused too), whose Triton kernels load on the first
+    decode, wherever it runs. Frames reach the writer as yuv420p, converted where the decoder runs."""
     vae = components.video_vae
-    if fused:
-        vae_decoder.install(vae.decoder)
-    decode = partial(decode_video, vae, tile_area=tile_area, yuv=True)
+    if not vae_decoder.install(vae.decoder):
+        raise SettingsError(
+            "the model's video VAE has a decoder audioloop cannot stream (timestep conditioning, noise "
+            "injection or residual upsamplers: not LTX-2.3's); give --model an LTX-2.3 model"
+        )
+    decode = VideoStream(vae, tile_area=tile_area, yuv=True)
     return LatentStream(plan, spans, decode, writer.write_yuv420p, background=background)
 
 

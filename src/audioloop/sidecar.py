@@ -9,7 +9,7 @@ from importlib import metadata
 from typing import Any
 
 from audioloop import __version__
-from audioloop.decode import DecodeSpan, queue_limit
+from audioloop.decode import STREAM_REACH, DecodeSpan, queue_limit
 from audioloop.job import Job
 from audioloop.models.accel import AccelSettings
 from audioloop.plan import Plan
@@ -56,14 +56,12 @@ def accel_table(settings: AccelSettings) -> dict[str, Any]:
     return asdict(settings)
 
 
-def decode_table(
-    margin: int, spans: Sequence[DecodeSpan], queue: int, peak: int, background: bool
-) -> dict[str, Any]:
-    """How the video was decoded: beside sampling or not, the margin, every span and the writer's queue
-    limit and peak."""
+def decode_table(spans: Sequence[DecodeSpan], queue: int, peak: int, background: bool) -> dict[str, Any]:
+    """How the video was decoded: beside sampling or not, the latents a frame waits for, every span and
+    the writer's queue limit and peak."""
     return {
         "background": background,
-        "margin": margin,
+        "reach": STREAM_REACH,
         "spans": [asdict(span) | {"frames": span.frames} for span in spans],
         "writer_max_queued_frames": queue,
         "writer_peak_queued_frames": peak,
@@ -96,7 +94,7 @@ def sidecar(job: Job, timings: dict[str, float], peak: int) -> dict[str, Any]:
         "plan": plan.to_dict(),
         "windows": window_table(plan, request.prompts, job.fingerprints, job.start),
         "resumed_from": job.start,
-        "decode": decode_table(job.margin, job.spans, queue_limit(plan, job.spans), peak, job.background),
+        "decode": decode_table(job.spans, queue_limit(plan, job.spans), peak, job.background),
         "timings": timings,
         "versions": versions(),
     }

@@ -13,10 +13,9 @@ GroupNorm takes statistics over its whole input, so a per-tile input stays near 
 trained on, memory stays bounded whatever the song's length, and a resumed run upsamples exactly what the
 uninterrupted one did.
 
-Decoding and muxing are the render's: each finished tile enters a LatentStream (one decode span per tile,
-or per two with FP8 or offload; the render's margin) whose frames stream into a VideoWriter with the song's
-own samples. Tiles go to a work dir with chained fingerprints, so an interrupted upscale resumes at the
-first missing tile.
+Decoding and muxing are the render's: each finished tile enters a LatentStream (one decode span per tile)
+whose frames stream into a VideoWriter with the song's own samples. Tiles go to a work dir with chained
+fingerprints, so an interrupted upscale resumes at the first missing tile.
 """
 
 from __future__ import annotations
@@ -160,7 +159,7 @@ def _upscale(
     try:
         with clock("decode"):
             area = decode_tile_area(job.accel)
-            stream = decoder(components, tiles, job.spans, writer, job.background, job.accel.compile, area)
+            stream = decoder(components, tiles, job.spans, writer, job.background, area)
         for tile in tiles.windows:
             progress.start_window(tile.index, len(tiles.windows), sampled=tile.index >= job.start)
             latents = _tile_latents(job, tile, state, progress, clock)
@@ -259,7 +258,7 @@ def upscale_sidecar(job: UpscaleJob, timings: dict[str, float], peak: int) -> di
         "plan": tiles.to_dict(),
         "tiles": window_table(tiles, job.prompts, job.fingerprints, job.start),
         "resumed_from": job.start,
-        "decode": decode_table(job.margin, job.spans, queue_frames(job), peak, job.background),
+        "decode": decode_table(job.spans, queue_frames(job), peak, job.background),
         "timings": timings,
         "versions": versions(),
     }

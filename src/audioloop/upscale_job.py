@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from audioloop.config import Settings
-from audioloop.decode import DecodeSpan, decode_margin, decode_spans
+from audioloop.decode import DecodeSpan, decode_spans
 from audioloop.errors import InputError, SettingsError
 from audioloop.job import (
     DTYPES,
@@ -131,7 +131,6 @@ class UpscaleJob:
     background: bool
     fingerprints: tuple[str, ...]
     start: int
-    margin: int
     spans: tuple[DecodeSpan, ...]
     warnings: tuple[str, ...]
 
@@ -140,13 +139,6 @@ def weights_leave_room(accel: AccelSettings) -> bool:
     """Whether the transformer's weights leave the decode room on the GPU: FP8 (half the bytes) or offload
     (streamed), not bf16 resident (35 GiB at full size)."""
     return bool(accel.fp8 or accel.offload)
-
-
-def span_tiles(accel: AccelSettings) -> int:
-    """Tiles per decode span: two where the weights leave room, so a span pays its two 8-latent margins for
-    32 new latents, not 16 (a quarter less decoding); one with the bf16 weights resident, where a two-tile
-    span takes the peak from 55 to 62 GiB (bench/RESULTS.md)."""
-    return 2 if weights_leave_room(accel) else 1
 
 
 def decode_tile_area(accel: AccelSettings) -> int:
@@ -314,7 +306,6 @@ def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
         [work.valid(t.index, prints[t.index], shapes[t.index]) for t in tiles.windows], request.resume
     )
     check_disk(output, work.path, *disk_needed(tiles, audio))
-    margin = decode_margin(tiles)
     warnings = []
     tokens = tile_tokens(cells, tile_lat, plan.fps)
     if tokens > TOKEN_WARN:
@@ -343,7 +334,6 @@ def prepare_upscale(request: UpscaleRequest) -> UpscaleJob:
         background=background_decode(request.background_decode, device, request.offload),
         fingerprints=tuple(prints),
         start=start,
-        margin=margin,
-        spans=decode_spans(tiles, margin, min_new=span_tiles(accel) * tiles.stride_px),
+        spans=decode_spans(tiles),
         warnings=tuple(warnings),
     )

@@ -9,20 +9,24 @@ kernel on CUDA, `decoder_kernels`; PyTorch elsewhere), and on CUDA activations a
 channels-last (NDHWC). Measured on an H200 (bench/RESULTS.md): a span decodes in 0.89 s instead of 1.31 s,
 the convolutions 11% faster in NDHWC, peak memory 14.9 GiB instead of 23.4 GiB.
 
-A render span decodes 16 latents of margin that it does not emit (`audioloop.decode`), but its later stages
-reach only a few frames. Asked for some of its frames, `forward` walks back from them to the frames each
-stage depends on, and crops the activation to those wherever its time resolution changes (at the start and
-after each temporal upsampler); a render span's convolutions then do 90% of the whole decode's FLOPs.
-Within a resolution every conv pads as in the whole decode, so a cropped side goes wrong by one frame more
-per conv, which never reaches the frames kept at the next crop: the kept frames are the whole decode's up to
-float rounding. Cropping only there keeps one activation length per resolution, as the whole decode has;
-cropping before every conv (87%) gave ~40 activation shapes, each new to cuDNN and Triton in every process,
-and an FP8 render's decoder thread spent 9.6 s more on its first spans (bench/RESULTS.md, seventeenth
-session).
+A render decodes its song as one time axis that arrives window by window: `Stream` runs the same passes
+chunk by chunk, each conv continuing from the last k−1 frames of its input and each resnet's sum from the
+input frames its convs had not reached, so every frame is the whole axis's decode up to float rounding and
+no frame is decoded twice: a render window's 56 new latents take 87% of the convolutions of the 72-latent
+span, 8 latents of margin each side, that it decoded before (0.75 s instead of 0.85 s on an H200), and no
+cut is approximate. Its kept frames are copies, a few MB a conv.
+
+Asked for only some of its frames (a pixel context's last frames), a decode walks back from them to the
+frames each stage depends on, and crops the activation to those wherever its time resolution changes (at
+the start and after each temporal upsampler). Within a resolution every conv pads as in the whole decode,
+so a cropped side goes wrong by one frame more per conv, which never reaches the frames kept at the next
+crop: the kept frames are the whole decode's up to float rounding. Cropping only there keeps one activation
+length per resolution, as the whole decode has; cropping before every conv gave ~40 activation shapes, each
+new to cuDNN and Triton in every process (bench/RESULTS.md, seventeenth session).
 
 Only the 2.3 decoder's building blocks are covered (no noise injection, no timestep conditioning, no residual
-upsamplers); `supports` says whether a decoder is, `forward` runs it, `install` makes it the decoder's and
-`decode` asks an installed decoder for some frames.
+upsamplers); `supports` says whether a decoder is, `forward` runs it, `Stream` streams it, `install` makes
+`forward` the decoder's and `decode` asks an installed decoder for some frames.
 """
 
 from __future__ import annotations
@@ -99,16 +103,28 @@ class Frames:
         """x, which holds these frames, cut down to the frames `to` (which these contain)."""
         return x[:, :, to.start - self.start : to.stop - self.start]
 
+    def spread(self, st: int) -> Frames:
+        """The frames an upsampler of time stride `st` makes of these: the causal upsampling's st−1 extra
+        frames are dropped only where these start the axis."""
+        start = 0 if self.start == 0 else self.start * st - (st - 1)
+        return Frames(start, self.stop * st - (st - 1), self.total * st - (st - 1))
+
 
 def _pad(
-    x: Tensor, conv: LTX2VideoCausalConv3d, causal: bool, norm: bool, bias: Tensor | None = None
+    x: Tensor,
+    before: int,
+    after: int,
+    norm: bool,
+    bias: Tensor | None = None,
+    head: Tensor | None = None,
 ) -> Tensor:
-    """A conv's input: x (+ the `bias` `_conv` left) time-padded for `conv`, normed and SiLU'd first when
-    `norm` (norm_silu_pad); one Triton pass with a channels-last result where `_triton`, else PyTorch."""
-    before, after = time_padding(conv, causal)
+    """A conv's input: `head` (frames kept as they are), then x (+ the `bias` `_conv` left), normed and
+    SiLU'd first when `norm` (norm_silu_pad), its first frame repeated `before` times and its last `after`
+    times; one Triton pass with a channels-last result where `_triton`, else PyTorch."""
     if _triton(x):
-        return decoder_kernels.pad_time(x, before, after, RMS_EPS if norm else None, bias)
-    return (norm_silu_pad if norm else pad_time)(x, before, after)
+        return decoder_kernels.pad_time(x, before, after, RMS_EPS if norm else None, bias, head)
+    padded = (norm_silu_pad if norm else pad_time)(x, before, after)
+    return padded if head is None else torch.cat([head, padded], dim=2)
 
 
 def _spread(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None, drop: bool) -> Tensor:
@@ -119,34 +135,125 @@ def _spread(x: Tensor, stride: tuple[int, int, int], bias: Tensor | None, drop: 
     return depth_to_space(x, stride, drop)
 
 
-def _residual(h: Tensor, bias: Tensor | None, x: Tensor) -> Tensor:
-    """A resnet's output: h (+ the `bias` `_conv` left) + x, one Triton pass when there is a bias."""
-    return h + x if bias is None else decoder_kernels.residual(h, bias, x)
+def _frames(x: Tensor, start: int) -> Tensor:
+    """x's frames from `start` on, as a tensor of their own (what a stream keeps for its next chunk)."""
+    rest = x[:, :, start:]
+    return rest.clone(memory_format=torch.channels_last_3d) if x.is_cuda else rest.clone()
 
 
-def _resnet(block: LTX2VideoResnetBlock3d, x: Tensor, causal: bool) -> Tensor:
-    """LTX2VideoResnetBlock3d.forward without noise or timestep modulation: one fused pass before each conv,
-    each conv's bias added by the pass after it."""
-    h, bias = _conv(block.conv1.conv, _pad(x, block.conv1, causal, norm=True))
-    h, bias = _conv(block.conv2.conv, _pad(h, block.conv2, causal, norm=True, bias=bias))
-    if block.norm3 is not None:
-        x = block.norm3(x.movedim(1, -1)).movedim(-1, 1)
-    if block.conv_shortcut is not None:
-        x = block.conv_shortcut(x)
-    return _residual(h, bias, x)
+class Stream:
+    """The fused forward over a time axis that arrives in chunks, in order. Each conv keeps the last k−1
+    frames of its input and each resnet the input frames its sum has not reached, so every frame decodes
+    as in one decode of the whole axis (up to float rounding) and none is decoded twice; a frame comes out
+    once the latents it depends on are in (13.5 latents later for the 2.3 decoder:
+    `audioloop.decode.STREAM_REACH`).
 
+    Per chunk the passes are those of a whole decode: the pass before a conv copies the kept frames in
+    front of the new ones, and the residual's reads the kept input frames before the new ones.
+    """
 
-def _upsample(
-    upsampler: LTX2VideoUpsampler3d, x: Tensor, held: Frames, causal: bool
-) -> tuple[Tensor, Frames]:
-    """LTX2VideoUpsampler3d.forward without the residual on x, which holds `held`: padded conv, then
-    depth-to-space (with its bias), which drops the causal upsampling's extra frames only where x starts the
-    time axis; the result and the frames it holds."""
-    h, bias = _conv(upsampler.conv.conv, _pad(x, upsampler.conv, causal, norm=False))
-    st = upsampler.stride[0]
-    start = 0 if held.start == 0 else held.start * st - (st - 1)
-    spread = Frames(start, held.stop * st - (st - 1), held.total * st - (st - 1))
-    return _spread(h, upsampler.stride, bias, drop=held.start == 0), spread
+    def __init__(self, decoder: LTX2VideoDecoder3d, causal: bool | None = None) -> None:
+        if not supports(decoder):
+            raise ValueError("this video decoder has blocks the fused forward does not cover")
+        self._decoder = decoder
+        self._causal = causal or decoder.is_causal
+        self._stages = [decoder.conv_in, *_middle(decoder), decoder.conv_out]
+        self._kept: dict[nn.Module, Tensor] = {}
+        self._started: set[nn.Module] = set()
+        self._ended = False
+
+    def push(self, z: Tensor, last: bool = False, frames: tuple[int, int] | None = None) -> Tensor | None:
+        """Latents [B, C, F, h, w] that follow those pushed before → the pixel frames [B, 3, F', 32h, 32w]
+        they complete, NCDHW as diffusers returns them (None while there are none); `last` ends the axis
+        and returns every frame still owed. With `frames` (start, stop), only in a stream's one and last
+        push: only those frames, each activation cropped in time to what they depend on."""
+        if self._ended:
+            raise ValueError("this stream's time axis has ended")
+        if z.shape[2] == 0:
+            raise ValueError("a stream takes at least one latent frame at a time")
+        if frames is not None and not (last and not self._kept):
+            raise ValueError("frames are chosen only in a stream's one and last push")
+        self._ended = last
+        x: Tensor | None = decoder_kernels.channels_last(z) if z.is_cuda else z
+        patch_t = self._decoder.patch_size_t
+        wanted = None if frames is None else _wanted(self._stages, self._causal, z.shape[2], patch_t, frames)
+        held = Frames(0, z.shape[2], z.shape[2])
+        for k, stage in enumerate(self._stages):
+            if wanted is not None and (k == 0 or _time_stride(self._stages[k - 1]) > 1):
+                x, held = held.crop(x, wanted[k]), wanted[k]
+            x = self._stage(stage, x, last, starts=held.start == 0)
+            if x is None:
+                return None
+            held = held.spread(_time_stride(stage))
+        if wanted is not None:
+            x = held.crop(x, wanted[-1])
+        x = _unpatchify(x, self._decoder.patch_size, patch_t)
+        if frames is not None:
+            skip = frames[0] - wanted[-1].start * patch_t
+            x = x[:, :, skip : skip + frames[1] - frames[0]]
+        return x.contiguous()
+
+    def _stage(self, stage: nn.Module, x: Tensor, last: bool, starts: bool) -> Tensor | None:
+        """One stage on its input's new frames → its output's new frames (None while there are none);
+        `starts`: whether its input starts the time axis (not so in a cropped decode)."""
+        if isinstance(stage, LTX2VideoUpsampler3d):
+            padded = self._input(stage.conv, x, last, norm=False)
+            if padded is None:
+                return None
+            h, bias = _conv(stage.conv.conv, padded)
+            drop = starts and stage not in self._started
+            self._started.add(stage)
+            return _spread(h, stage.stride, bias, drop)
+        if isinstance(stage, LTX2VideoResnetBlock3d):
+            return self._resnet(stage, x, last)
+        padded = self._input(stage, x, last, norm=stage is self._decoder.conv_out)
+        return None if padded is None else stage.conv(padded)  # conv_in, conv_out: their biases too
+
+    def _input(
+        self,
+        conv: LTX2VideoCausalConv3d,
+        x: Tensor | None,
+        last: bool,
+        norm: bool,
+        bias: Tensor | None = None,
+    ) -> Tensor | None:
+        """conv's input for x, the frames after those it had: what it kept of those (at the start: x's
+        first frame repeated), then x, and at the end x's last frame repeated; None while that is shorter
+        than the kernel. Keeps its last k−1 frames for the next chunk."""
+        if x is None:
+            return None
+        before, after = time_padding(conv, self._causal)
+        head = self._kept.pop(conv, None)
+        padded = _pad(x, before if head is None else 0, after if last else 0, norm, bias, head)
+        taps = conv.kernel_size[0]
+        if not last:
+            self._kept[conv] = _frames(padded, max(0, padded.shape[2] - (taps - 1)))
+        return padded if padded.shape[2] >= taps else None
+
+    def _resnet(self, block: LTX2VideoResnetBlock3d, x: Tensor, last: bool) -> Tensor | None:
+        """LTX2VideoResnetBlock3d.forward without noise or timestep modulation: one fused pass before each
+        conv, each conv's bias added by the pass after it; the input frames that the convs' output does not
+        reach yet are kept for the sum in the next chunk."""
+        padded = self._input(block.conv1, x, last, norm=True)
+        h, bias = (None, None) if padded is None else _conv(block.conv1.conv, padded)
+        padded = self._input(block.conv2, h, last, norm=True, bias=bias)
+        h, bias = (None, None) if padded is None else _conv(block.conv2.conv, padded)
+        if block.norm3 is not None:
+            x = block.norm3(x.movedim(1, -1)).movedim(-1, 1)
+        if block.conv_shortcut is not None:
+            x = block.conv_shortcut(x)
+        summed = 0 if h is None else h.shape[2]
+        head = self._kept.pop(block, None)
+        if head is not None and (bias is None or summed < head.shape[2]):
+            x, head = torch.cat([head, x], dim=2), None
+        held = 0 if head is None else head.shape[2]
+        if not last:
+            self._kept[block] = _frames(x, summed - held)
+        if h is None:
+            return None
+        if bias is None:
+            return h + x[:, :, :summed]
+        return decoder_kernels.residual(h, bias, x, head)
 
 
 def _unpatchify(x: Tensor, p: int, p_t: int) -> Tensor:
@@ -183,26 +290,7 @@ def forward(
     (start, stop), only those frames, each activation cropped in time to what they depend on."""
     if temb is not None:
         raise ValueError("the fused decoder has no timestep conditioning; decode with the stock forward")
-    causal = causal or decoder.is_causal
-    if z.is_cuda:
-        z = decoder_kernels.channels_last(z)
-    stages = [decoder.conv_in, *_middle(decoder), decoder.conv_out]
-    wanted = _wanted(stages, causal, z.shape[2], decoder.patch_size_t, frames)
-    x, held = z, Frames(0, z.shape[2], z.shape[2])
-    for k, stage in enumerate(stages):
-        if k == 0 or _time_stride(stages[k - 1]) > 1:  # a new time resolution
-            x, held = held.crop(x, wanted[k]), wanted[k]
-        if isinstance(stage, LTX2VideoUpsampler3d):
-            x, held = _upsample(stage, x, held, causal)
-        elif isinstance(stage, LTX2VideoResnetBlock3d):
-            x = _resnet(stage, x, causal)
-        else:  # conv_in and conv_out add their own biases: conv_in's output feeds a residual
-            x = stage.conv(_pad(x, stage, causal, norm=stage is decoder.conv_out))
-    x = _unpatchify(held.crop(x, wanted[-1]), decoder.patch_size, decoder.patch_size_t)
-    if frames is not None:
-        skip = frames[0] - wanted[-1].start * decoder.patch_size_t
-        x = x[:, :, skip : skip + frames[1] - frames[0]]
-    return x.contiguous()
+    return Stream(decoder, causal).push(z, last=True, frames=frames)
 
 
 def _time_stride(stage: nn.Module) -> int:

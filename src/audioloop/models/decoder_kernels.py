@@ -5,7 +5,9 @@ writes whole output rows from whole input rows: `pad_time` (the temporal replica
 optionally after the per-position RMS norm and SiLU), `depth_to_space` (the upsampler's rearrangement) and
 `residual` (a resnet's sum). Each can add the bias of the conv that produced its input, so that a conv runs
 without one and its output is not read and written once more only to add it (PyTorch adds a cuDNN conv's
-bias as a pass of its own: 0.12 s of a 1.0 s render span).
+bias as a pass of its own: 0.12 s of a 1.0 s render span). For a streamed decode (`decoder.Stream`),
+`pad_time` and `residual` also read a few frames kept from the chunk before, in front of the new ones,
+from a tensor of their own: no concatenation copies the activation.
 
 They replace torch.compile'd helpers that Dynamo re-traced in every process (13 graphs, 2.5–3.3 s before a
 render's first window) and that could not compile on the decode thread; a process loads these from Triton's
@@ -35,16 +37,18 @@ def kernels() -> SimpleNamespace | None:
     except ImportError:
         return None
 
-    @triton.jit(do_not_specialize=["rows", "frames", "plane", "frames_out", "before"])
+    @triton.jit(do_not_specialize=["rows", "frames", "plane", "frames_out", "before", "held"])
     def pad_rows(
         x_ptr,
         bias_ptr,
+        head_ptr,
         y_ptr,
         rows,
         frames,
         plane,
         frames_out,
         before,
+        held,
         eps,
         C,
         BLOCK_C: tl.constexpr,
@@ -56,15 +60,18 @@ def kernels() -> SimpleNamespace | None:
         c = tl.arange(0, BLOCK_C)
         b = r // (frames_out * plane)
         t = (r // plane) % frames_out
-        src = (b * frames + tl.minimum(tl.maximum(t - before, 0), frames - 1)) * plane + r % plane
+        src = (b * frames + tl.minimum(tl.maximum(t - held - before, 0), frames - 1)) * plane + r % plane
         mask = (r < rows)[:, None] & (c < C)[None, :]
-        v = tl.load(x_ptr + src[:, None] * C + c[None, :], mask=mask, other=0.0)
+        kept = (t < held)[:, None]
+        v = tl.load(x_ptr + src[:, None] * C + c[None, :], mask=mask & ~kept, other=0.0)
         if BIAS:
             v = v.to(tl.float32) + tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
         if NORM:
             v = v.to(tl.float32)
             v = v * tl.rsqrt(tl.sum(v * v, axis=1) / C + eps)[:, None]
             v = v * tl.sigmoid(v)
+        head = (b * held + t) * plane + r % plane
+        v = tl.where(kept, tl.load(head_ptr + head[:, None] * C + c[None, :], mask=mask & kept), v)
         tl.store(y_ptr + r[:, None] * C + c[None, :], v.to(y_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit(do_not_specialize=["rows", "frames", "height", "width", "drop"])
@@ -108,16 +115,37 @@ def kernels() -> SimpleNamespace | None:
                 )
             tl.store(y_ptr + row[:, None] * C + c[None, :], v.to(y_ptr.dtype.element_ty), mask=mask)
 
-    @triton.jit(do_not_specialize=["rows"])
-    def add_rows(h_ptr, bias_ptr, x_ptr, y_ptr, rows, C, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr):
+    @triton.jit(do_not_specialize=["rows", "frames", "plane", "held", "x_frames"])
+    def add_rows(
+        h_ptr,
+        bias_ptr,
+        head_ptr,
+        x_ptr,
+        y_ptr,
+        rows,
+        frames,
+        plane,
+        held,
+        x_frames,
+        C,
+        BLOCK_C: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+    ):
         r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
         c = tl.arange(0, BLOCK_C)
         mask = (r < rows)[:, None] & (c < C)[None, :]
-        at = r[:, None] * C + c[None, :]
-        v = tl.load(h_ptr + at, mask=mask).to(tl.float32)
+        b = r // (frames * plane)
+        t = (r // plane) % frames
+        kept = (t < held)[:, None]
+        v = tl.load(h_ptr + r[:, None] * C + c[None, :], mask=mask).to(tl.float32)
         v = v + tl.load(bias_ptr + c, mask=c < C, other=0.0).to(tl.float32)[None, :]
-        v = v + tl.load(x_ptr + at, mask=mask).to(tl.float32)
-        tl.store(y_ptr + at, v.to(y_ptr.dtype.element_ty), mask=mask)
+        x_row = (b * x_frames + t - held) * plane + r % plane
+        head_row = (b * held + t) * plane + r % plane
+        v = v + tl.load(x_ptr + x_row[:, None] * C + c[None, :], mask=mask & ~kept, other=0.0).to(tl.float32)
+        v = v + tl.load(head_ptr + head_row[:, None] * C + c[None, :], mask=mask & kept, other=0.0).to(
+            tl.float32
+        )
+        tl.store(y_ptr + r[:, None] * C + c[None, :], v.to(y_ptr.dtype.element_ty), mask=mask)
 
     return SimpleNamespace(
         pad_rows=pad_rows, spread_rows=spread_rows, add_rows=add_rows, next_power_of_2=triton.next_power_of_2
@@ -143,25 +171,34 @@ def _empty(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def pad_time(
-    x: Tensor, before: int, after: int, eps: float | None = None, bias: Tensor | None = None
+    x: Tensor,
+    before: int,
+    after: int,
+    eps: float | None = None,
+    bias: Tensor | None = None,
+    head: Tensor | None = None,
 ) -> Tensor:
     """x [B, C, T, H, W] (plus a per-channel `bias`) with its first frame repeated `before` times and its
     last `after` times; with `eps`, of the per-position RMS norm over channels (that epsilon) and SiLU, in
-    float32. Channels-last, in x's dtype."""
+    float32; with `head`, those frames copied as they are in front of it all (a streamed conv's input
+    kept from the chunk before). Channels-last, in x's dtype."""
     x = channels_last(x)
     b, c, t, h, w = x.shape
-    out = _empty(x, (b, c, t + before + after, h, w))
+    held = 0 if head is None else head.shape[2]
+    out = _empty(x, (b, c, held + t + before + after, h, w))
     rows = out.numel() // c
     grid, block_c, block_r = _grid(rows, c)
     kernels().pad_rows[grid](
         x,
         x if bias is None else bias,
+        x if head is None else channels_last(head),
         out,
         rows,
         t,
         h * w,
-        t + before + after,
+        out.shape[2],
         before,
+        held,
         0.0 if eps is None else eps,
         c,
         BLOCK_C=block_c,
@@ -206,13 +243,31 @@ def depth_to_space(
     return out
 
 
-def residual(h: Tensor, bias: Tensor, x: Tensor) -> Tensor:
-    """h + bias + x (h and x [B, C, T, H, W], bias per channel), summed in float32: channels-last, in h's
-    dtype."""
+def residual(h: Tensor, bias: Tensor, x: Tensor, head: Tensor | None = None) -> Tensor:
+    """h + bias + x (h [B, C, T, H, W], bias per channel), summed in float32, where x is `head`'s frames,
+    then its own, of which the first T are summed (a streamed resnet's input frames kept from the chunk
+    before lead): channels-last, in h's dtype."""
     h, x = channels_last(h), channels_last(x)
+    held = 0 if head is None else head.shape[2]
+    if not held <= h.shape[2] <= held + x.shape[2]:
+        raise ValueError(f"{held} kept and {x.shape[2]} new frames cannot be summed with {h.shape[2]}")
     out = _empty(h, h.shape)
-    c = h.shape[1]
+    _, c, t, height, width = h.shape
     rows = h.numel() // c
     grid, block_c, block_r = _grid(rows, c)
-    kernels().add_rows[grid](h, bias, x, out, rows, c, BLOCK_C=block_c, BLOCK_R=block_r)
+    kernels().add_rows[grid](
+        h,
+        bias,
+        x if head is None else channels_last(head),
+        x,
+        out,
+        rows,
+        t,
+        height * width,
+        held,
+        x.shape[2],
+        c,
+        BLOCK_C=block_c,
+        BLOCK_R=block_r,
+    )
     return out

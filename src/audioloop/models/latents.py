@@ -6,6 +6,8 @@ inference mode in their own device and dtype.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Audio, AutoencoderKLLTX2Video
@@ -95,16 +97,73 @@ def decode_video(
 
     Frames of more than `tile_area` latents² are decoded in equal spatial tiles (`tile_grid`), blended
     linearly where they overlap. Never in temporal tiles: each blended temporal seam shows as a visible
-    pulse, one per tile stride (~2 s in the field report's ComfyUI decodes); a render window already is the
-    temporal tile and is decoded whole. The decoder runs as it is set up: `decoder.install` makes it the
-    fused forward (same function, fewer memory passes).
+    pulse, one per tile stride (~2 s in the field report's ComfyUI decodes); a render streams its timeline
+    through one decode instead (VideoStream). The decoder runs as it is set up: `decoder.install` makes it
+    the fused forward (same function, fewer memory passes).
     """
     device, dtype = _placement(video_vae)
     latents = denormalize_video(z.to(device=device, dtype=torch.float32), video_vae).to(dtype)
     timestep = torch.zeros(1, device=device, dtype=dtype) if video_vae.config.timestep_conditioning else None
     with torch.inference_mode():
-        video = _decode_tiles(video_vae, latents, timestep, tile_area, frames)
+        video = _tiled(
+            video_vae,
+            latents,
+            tile_area,
+            lambda _, tile: vae_decoder.decode(video_vae.decoder, tile, timestep, frames),
+        )
     return _to_uint8(video[0], yuv)
+
+
+class VideoStream:
+    """decode_video over a timeline of latents that arrives span by span, in order: one fused decoder
+    `Stream` per spatial tile, so every frame is the whole timeline's decode (`audioloop.decode`). Each call
+    returns exactly the frames it is asked for, in decode_video's layout, and holds the few more that its
+    latents completed until the next call asks for them."""
+
+    def __init__(
+        self, video_vae: AutoencoderKLLTX2Video, tile_area: int = DECODE_TILE_AREA, yuv: bool = False
+    ):
+        if not vae_decoder.supports(video_vae.decoder):
+            raise ValueError(
+                "this video VAE's decoder is not LTX-2.3's (it has timestep conditioning, noise injection or "
+                "residual upsamplers): audioloop streams only the 2.3 decoder"
+            )
+        self._vae = video_vae
+        self._tile_area = tile_area
+        self._yuv = yuv
+        self._tiles: list[vae_decoder.Stream] = []
+        self._held: torch.Tensor | None = None
+        self._emitted = 0
+
+    def __call__(self, z: torch.Tensor, frames: tuple[int, int], last: bool = False) -> torch.Tensor:
+        """Normalised latents [1, C, F, h, w] that follow the last call's → uint8 output frames [start, stop)
+        of the timeline (start: where the last call stopped), as decode_video lays them out; `last` ends
+        the timeline (frames past `stop` are dropped)."""
+        start, stop = frames
+        if start != self._emitted:
+            raise ValueError(f"frames {start}–{stop} do not follow the {self._emitted} already returned")
+        device, dtype = _placement(self._vae)
+        latents = denormalize_video(z.to(device=device, dtype=torch.float32), self._vae).to(dtype)
+        with torch.inference_mode():
+            video = _tiled(self._vae, latents, self._tile_area, self._push(last))
+            if self._held is not None:
+                video = self._held if video is None else torch.cat([self._held, video], dim=2)
+        count = 0 if video is None else video.shape[2]
+        if count < stop - start:
+            raise ValueError(f"the decode completed frames {start}–{start + count}, not {start}–{stop}")
+        self._held = None if last or count == stop - start else video[:, :, stop - start :].clone()
+        self._emitted = stop
+        return _to_uint8(video[0, :, : stop - start], self._yuv)
+
+    def _push(self, last: bool) -> Callable[[int, torch.Tensor], torch.Tensor | None]:
+        """Tile k's latents → its stream's new frames, the streams made on first use."""
+
+        def push(k: int, latents: torch.Tensor) -> torch.Tensor | None:
+            if k == len(self._tiles):
+                self._tiles.append(vae_decoder.Stream(self._vae.decoder))
+            return self._tiles[k].push(latents, last=last)
+
+        return push
 
 
 def tile_spans(length: int, count: int, min_overlap: int) -> tuple[tuple[int, int], ...]:
@@ -169,29 +228,31 @@ def blend_weights(spans: tuple[tuple[int, int], ...], scale: int) -> list[torch.
     return [(w / total[a:b]).float() for (a, b), w in zip(edges, raw, strict=True)]
 
 
-def _decode_tiles(
+def _tiled(
     vae: AutoencoderKLLTX2Video,
     latents: torch.Tensor,
-    temb: torch.Tensor | None,
     tile_area: int,
-    frames: tuple[int, int] | None,
-) -> torch.Tensor:
-    """The decoder's pixels [1, 3, F', H, W] for `latents` (its `frames`, `decoder.decode`), tile by tile
-    (`tile_grid`) when a frame exceeds `tile_area`, each tile weighted by `blend_weights` into the frame in
-    the decoder's dtype."""
+    decode: Callable[[int, torch.Tensor], torch.Tensor | None],
+) -> torch.Tensor | None:
+    """Pixels [1, 3, F', H, W] of `latents` decoded tile by tile (`tile_grid`) when a frame exceeds
+    `tile_area`: `decode(k, tile_latents)` gives tile k's pixels (None: no frames yet, alike for every
+    tile; each tile is still decoded), each weighted by `blend_weights` into the frame in the decoder's
+    dtype."""
     factor = vae.spatial_compression_ratio
     rows, cols = tile_grid(*latents.shape[-2:], tile_area, DECODE_TILE_OVERLAP_PX // factor)
     if len(rows) == len(cols) == 1:
-        return vae_decoder.decode(vae.decoder, latents, temb, frames)
+        return decode(0, latents)
     row_weights, col_weights = (blend_weights(spans, factor) for spans in (rows, cols))
     video = None
-    for (y0, y1), wy in zip(rows, row_weights, strict=True):
-        for (x0, x1), wx in zip(cols, col_weights, strict=True):
-            pixels = vae_decoder.decode(vae.decoder, latents[..., y0:y1, x0:x1].contiguous(), temb, frames)
-            if video is None:
-                video = pixels.new_zeros(*pixels.shape[:3], *(n * factor for n in latents.shape[-2:]))
-            pixels.mul_((wy[:, None] * wx).to(pixels))
-            video[..., y0 * factor : y1 * factor, x0 * factor : x1 * factor] += pixels
+    tiles = ((y, x) for y in zip(rows, row_weights, strict=True) for x in zip(cols, col_weights, strict=True))
+    for k, (((y0, y1), wy), ((x0, x1), wx)) in enumerate(tiles):
+        pixels = decode(k, latents[..., y0:y1, x0:x1].contiguous())
+        if pixels is None:
+            continue
+        if video is None:
+            video = pixels.new_zeros(*pixels.shape[:3], *(n * factor for n in latents.shape[-2:]))
+        pixels.mul_((wy[:, None] * wx).to(pixels))
+        video[..., y0 * factor : y1 * factor, x0 * factor : x1 * factor] += pixels
     return video
 
 
