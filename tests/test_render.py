@@ -25,6 +25,7 @@ from audioloop import demo
 from audioloop.config import Settings
 from audioloop.decode import (
     STREAM_REACH,
+    TAIL_PIECE,
     DecodeSpan,
     LatentStream,
     decode_spans,
@@ -33,6 +34,7 @@ from audioloop.decode import (
     frame_budget,
     latent_of,
     queue_limit,
+    tail_pieces,
     window_ends,
 )
 from audioloop.errors import InputError, Interrupted, RenderError, SettingsError
@@ -218,6 +220,41 @@ def test_decode_spans_push_every_latent_once_and_emit_every_frame_once_its_reach
         assert max(s.frames for s in spans) + queue_limit(plan, spans) == frame_budget(plan)
 
 
+def test_the_last_span_decodes_in_equal_pieces_that_each_emit_what_they_complete() -> None:
+    assert tail_pieces(DecodeSpan(11, 623, 672, 4865, 5250)) == (
+        DecodeSpan(11, 623, 635, 4865, 4961),
+        DecodeSpan(11, 635, 647, 4961, 5057),
+        DecodeSpan(11, 647, 659, 5057, 5153),
+        DecodeSpan(11, 659, 672, 5153, 5250),
+    )
+    short = DecodeSpan(2, 18, 24, 25, 160)
+    assert tail_pieces(short) == (short,)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    window_s=st.floats(0.4, 20.0),
+    overlap_fraction=st.floats(0.01, 0.95),
+    seconds=st.floats(0.2, 200.0),
+)
+def test_tail_pieces_push_the_last_span_once_and_emit_its_frames_once(
+    window_s: float, overlap_fraction: float, seconds: float
+) -> None:
+    try:
+        plan = plan_of(seconds, window_s=window_s, overlap_s=window_s * overlap_fraction)
+    except (SettingsError, InputError):
+        reject()
+    span = decode_spans(plan)[-1]
+    pieces = tail_pieces(span)
+    assert [p.start for p in pieces] == [span.start, *(p.end for p in pieces[:-1])]
+    assert [p.emit_start for p in pieces] == [span.emit_start, *(p.emit_end for p in pieces[:-1])]
+    assert (pieces[-1].end, pieces[-1].emit_end) == (span.end, span.emit_end)
+    assert all(p.frames > 0 and p.window == span.window for p in pieces)
+    for piece in pieces[:-1]:  # a piece that completes nothing joins the next (only at the video's start)
+        assert piece.start == 0 or piece.end - piece.start <= TAIL_PIECE
+        assert piece.emit_end <= first_frame(piece.end - STREAM_REACH)
+
+
 class PaintingStream:
     """A stand-in streamed decoder: keeps the latents it was given and paints each frame asked for with its
     latent's value, so the timeline index comes out where each latent went."""
@@ -265,6 +302,18 @@ def test_latent_stream_puts_every_frame_where_its_latent_is() -> None:
     assert torch.cat(out).tolist() == [latent_of(f) for f in range(plan.total_frames)]
     assert decode.pushed == [s.end - s.start for s in spans]
     assert decode.last == [False] * (len(spans) - 1) + [True]
+
+
+def test_latent_stream_pushes_the_last_span_in_pieces_the_last_of_them_ending_the_timeline() -> None:
+    plan = plan_of(30.0, window_s=10.0, overlap_s=1.0)
+    spans, decode = decode_spans(plan), PaintingStream()
+    out, _ = stream_frames(plan, background=False, decode=decode)
+    pieces = tail_pieces(spans[-1])
+    assert len(pieces) > 1
+    assert decode.pushed == [s.end - s.start for s in (*spans[:-1], *pieces)]
+    assert decode.last == [False] * (len(spans) + len(pieces) - 2) + [True]
+    assert [len(f) for f in out[-len(pieces) :]] == [p.frames for p in pieces]
+    assert torch.cat(out).tolist() == [latent_of(f) for f in range(plan.total_frames)]
 
 
 def test_background_decoding_emits_the_same_frames_in_the_same_order() -> None:

@@ -26,6 +26,8 @@ from torch import Tensor
 from audioloop.plan import TEMPORAL, Plan
 
 STREAM_REACH = 14  # latents after a frame's own that the 2.3 decoder reads (13.5), rounded up
+# Latents per push of the last span, so that x264 encodes each push's frames while the next one decodes.
+TAIL_PIECE = 16
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,22 @@ def decode_spans(plan: Plan) -> tuple[DecodeSpan, ...]:
             spans.append(DecodeSpan(index, pushed, end, emitted, ready))
             emitted, pushed = ready, end
     return tuple(spans)
+
+
+def tail_pieces(span: DecodeSpan) -> tuple[DecodeSpan, ...]:
+    """The last span as equal pushes of at most TAIL_PIECE latents, each emitting the frames it completes
+    (at least one; the last push: the rest). Nothing else is left to hide the last span's decode and the
+    encoding of its frames behind, so they overlap each other."""
+    count = -(-(span.end - span.start) // TAIL_PIECE)
+    pieces: list[DecodeSpan] = []
+    start, emitted = span.start, span.emit_start
+    for k in range(1, count + 1):
+        end = span.start + k * (span.end - span.start) // count
+        ready = span.emit_end if k == count else min(span.emit_end, first_frame(max(0, end - STREAM_REACH)))
+        if ready > emitted:
+            pieces.append(DecodeSpan(span.window, start, end, emitted, ready))
+            start, emitted = end, ready
+    return tuple(pieces)
 
 
 def frame_budget(plan: Plan) -> int:
@@ -170,18 +188,22 @@ class LatentStream:
                 self._worker.shutdown()
 
     def _run(self, span: DecodeSpan, latents: Tensor, ready: torch.cuda.Event | None) -> None:
-        """Decode one span and emit its frames; `ready` (CUDA) marks the caller's stream producing latents,
-        and the decode runs on the stream's one side stream (the frames the decoder keeps between spans
-        live there)."""
+        """Decode one span and emit its frames, the last span in `tail_pieces`; `ready` (CUDA) marks the
+        caller's stream producing latents, and the decode runs on the stream's one side stream (the frames
+        the decoder keeps between spans live there)."""
         if ready is not None and self._side is None:
             self._side = torch.cuda.Stream(latents.device)
-        began = time.perf_counter()
-        with _on_stream(self._side if ready is not None else None, latents, ready):
-            frames = self._decode(
-                latents, frames=(span.emit_start, span.emit_end), last=span.window == self._final
-            )
-        self.busy += time.perf_counter() - began
-        self._emit(frames)
+        final = span.window == self._final
+        for piece in tail_pieces(span) if final else (span,):
+            began = time.perf_counter()
+            with _on_stream(self._side if ready is not None else None, latents, ready):
+                frames = self._decode(
+                    latents[:, :, piece.start - span.start : piece.end - span.start],
+                    frames=(piece.emit_start, piece.emit_end),
+                    last=final and piece.end == span.end,
+                )
+            self.busy += time.perf_counter() - began
+            self._emit(frames)
 
 
 @contextmanager
