@@ -40,6 +40,7 @@ import argparse
 import copy
 import functools
 import gc
+import itertools
 import math
 import os
 import tempfile
@@ -55,11 +56,11 @@ from diffusers import AutoencoderKLLTX2Video
 from torch import Tensor, nn
 
 import fullsize
-from audioloop.decode import DECODE_MARGIN, decoded_frames
+from audioloop.decode import STREAM_REACH, decoded_frames, first_frame
 from audioloop.media.writer import VideoWriter
 from audioloop.media.yuv import yuv420p
 from audioloop.models import accel, decoder
-from audioloop.models.latents import decode_video, denormalize_video
+from audioloop.models.latents import VideoStream, decode_video, denormalize_video
 from audioloop.models.tiny import tiny_transformer, tiny_video_vae
 from audioloop.plan import TEMPORAL
 from step_variants import sampler, window
@@ -67,9 +68,11 @@ from timing import Run, summary, sync, wall
 
 GiB = 2**30
 # --tiny: a geometry the tiny model runs through on two CPU cores; one decode tile, as 832×480 is.
-TINY = {"width": 576, "height": 64, "frames": 65, "latents": 5, "text_tokens": 16, "spans": "5x576x64"}
+TINY = {"width": 576, "height": 64, "frames": 65, "latents": 5, "text_tokens": 16, "spans": "20x576x64"}
 SPANS = "72x832x480,48x1664x960,64x1664x960"  # render span; upscale spans of two and three 16-latent tiles
 SPAN_NEED_S = 60.0
+MARGIN = 8  # latents each side that a render span decoded before the decode streamed
+FINAL_LATENTS = 49  # the 3:30 render's last span: latents 623–672
 OVERLAP_NEED_S = 200.0  # build, compile and warm the transformer, one repeat
 X264_NEED_S = 60.0
 
@@ -192,9 +195,10 @@ def compiled_passes() -> Iterator[None]:
 
 
 def emitted(latents: int) -> tuple[int, int]:
-    """The decoded frames [start, stop) that a render span of `latents` between two others emits: all but
-    DECODE_MARGIN latents on each side (57–505 of 569 for 72 latents; a short span keeps half of it)."""
-    margin = min(DECODE_MARGIN, (latents - 1) // 4)
+    """The decoded frames [start, stop) that a render span of `latents` between two others emitted before
+    the decode streamed: all but MARGIN latents on each side (57–505 of 569 for 72 latents; a short span
+    keeps half of it)."""
+    margin = min(MARGIN, (latents - 1) // 4)
     return TEMPORAL * margin - (TEMPORAL - 1), decoded_frames(latents) - TEMPORAL * margin
 
 
@@ -239,6 +243,86 @@ def part_spans(bench: Bench) -> None:
         label = "x".join(map(str, span))
         bench.attempt(f"span {label}", lambda s=span: measure_span(bench, s), SPAN_NEED_S)
     release(bench.device)
+
+
+def part_stream(bench: Bench) -> None:
+    """The render's decode as it is now, one VideoStream over the timeline, against the cropped span it
+    replaced ("emitted", the first span's middle frames): a steady push (the first span's latents less
+    2·MARGIN, after a primer of the first span) and a final push (FINAL_LATENTS more, ending the timeline),
+    CUDA-synchronised walls, yuv420p planes out as the render takes them; then the frames of a 40-latent
+    timeline pushed in three pieces against its whole decode (the Triton passes' kept frames, on CUDA)."""
+    vae, repeats, device, z = bench.vae, bench.args.repeats, bench.device, bench.z
+    decoder.install(vae.decoder)
+    latents = z.shape[2]
+    primed = first_frame(latents - STREAM_REACH)
+    new = z[:, :, 2 * MARGIN :]
+    stream = VideoStream(vae, yuv=True)
+    stream(z, (0, primed))
+    done = primed
+
+    def steady() -> Tensor:
+        nonlocal done
+        done += TEMPORAL * new.shape[2]
+        return stream(new, (done - TEMPORAL * new.shape[2], done))
+
+    records = {
+        "emitted": timed(lambda: decode_video(vae, z, frames=emitted(latents), yuv=True), device, repeats)[0],
+        "steady": timed(steady, device, repeats)[0],
+    }
+    records["steady"]["x_emitted"] = records["steady"]["median"] / records["emitted"]["median"]
+    finals, tail = [], z[:, :, :FINAL_LATENTS]
+    for _ in range(repeats):
+        flush = VideoStream(vae, yuv=True)
+        flush(z, (0, primed))
+        sync(device)
+        began = time.perf_counter()
+        flush(tail, (primed, decoded_frames(latents + tail.shape[2])), last=True)
+        sync(device)
+        finals.append(time.perf_counter() - began)
+    records["final"] = summary(finals) | {"latents": tail.shape[2]}
+    timeline = span_latents(vae, (40 if not bench.args.tiny else 20, *bench.spans[0][1:]), device)
+    whole = decode_video(vae, timeline)
+    pieces, cuts, parts, done = (
+        VideoStream(vae),
+        [0, 20, 30, 40] if not bench.args.tiny else [0, 15, 17, 20],
+        [],
+        0,
+    )
+    for start, end in itertools.pairwise(cuts):
+        stop = whole.shape[0] if end == cuts[-1] else first_frame(end - STREAM_REACH)
+        parts.append(pieces(timeline[:, :, start:end], (done, stop), last=end == cuts[-1]))
+        done = stop
+    records["vs_whole"] = frame_difference(torch.cat(parts), whole)
+    records["vs_whole_fp32"] = stream_error_fp32(vae, cuts, device)
+    bench.results["stream"] = records
+    release(device)
+
+
+def stream_error_fp32(vae: AutoencoderKLLTX2Video, cuts: list[int], device: torch.device) -> dict:
+    """The decoder in float32 (TF32 off) at 8×8 latents, streamed in the pieces `cuts` against its whole
+    decode: relative L2 error over all frames and per piece's frames. Without bf16's rounding (which random
+    weights amplify through ~50 convs, whatever the conv shapes) only a wrong kept frame would show."""
+    model = copy.deepcopy(vae.decoder).float()
+    z = torch.randn(1, vae.config.latent_channels, cuts[-1], 8, 8, device=device, generator=None)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.inference_mode():
+            whole = decoder.forward(model, z)
+            stream = decoder.Stream(model)
+            parts = [stream.push(z[:, :, a:b], last=b == cuts[-1]) for a, b in itertools.pairwise(cuts)]
+    finally:
+        torch.backends.cudnn.allow_tf32 = True
+    parts = [p for p in parts if p is not None]
+    out, starts = torch.cat(parts, dim=2), itertools.accumulate([0, *(p.shape[2] for p in parts)])
+
+    def rel(a: Tensor, b: Tensor) -> float:
+        return float((a.double() - b.double()).norm() / b.double().norm())
+
+    bounds = list(starts)
+    return {
+        "rel_l2": rel(out, whole),
+        "per_piece": [rel(out[:, :, a:b], whole[:, :, a:b]) for a, b in itertools.pairwise(bounds)],
+    }
 
 
 def part_accuracy(bench: Bench) -> None:
@@ -475,6 +559,8 @@ def print_table(res: dict) -> None:
                 end="",
             )
             print(f", mean {diff['mean_abs']:.4f} levels")
+    for name, rec in res.get("stream", {}).items():
+        print(f"stream {name:9s} {rec}")
     for name, value in res.get("accuracy", {}).items():
         print(f"accuracy {name:16s} {value}")
     for name, kinds in (res.get("profile") or {}).items() if isinstance(res.get("profile"), dict) else ():
@@ -510,7 +596,7 @@ def main() -> None:
     parser.add_argument(
         "--parts",
         default="spans,accuracy,profile",
-        help="any of spans,accuracy,profile,overlap,x264, in order",
+        help="any of spans,stream,accuracy,profile,overlap,x264, in order",
     )
     parser.add_argument("--spans", default=SPANS, help="decode spans LATENTSxWIDTHxHEIGHT, comma-separated")
     parser.add_argument("--width", type=int, default=832, help="the overlap's sampled window")
@@ -539,12 +625,20 @@ def main() -> None:
     bench = Bench(args)
     parts = {
         "spans": part_spans,
+        "stream": part_stream,
         "accuracy": part_accuracy,
         "profile": part_profile,
         "overlap": part_overlap,
         "x264": part_x264,
     }
-    needs = {"spans": 0.0, "accuracy": 30.0, "profile": 20.0, "overlap": OVERLAP_NEED_S, "x264": X264_NEED_S}
+    needs = {
+        "spans": 0.0,
+        "stream": 60.0,
+        "accuracy": 30.0,
+        "profile": 20.0,
+        "overlap": OVERLAP_NEED_S,
+        "x264": X264_NEED_S,
+    }
     for name in args.parts.split(","):
         bench.attempt(f"part {name}", lambda n=name: parts[n](bench), needs[name])
     bench.save()

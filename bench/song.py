@@ -24,7 +24,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,6 +35,7 @@ from audioloop.config import load_settings
 from audioloop.job import prepare
 from audioloop.media.yuv import yuv420p
 from audioloop.models import flash4
+from audioloop.models.latents import VideoStream
 from audioloop.progress import RenderProgress
 from audioloop.request import request_for
 from decode import smooth_frames
@@ -52,26 +52,27 @@ def inputs(folder: Path, seconds: float) -> tuple[Path, Path, Path]:
     return song, image, ROOT / "prompts" / "indie_ballad.yaml"
 
 
-def footage(decode: Callable[..., torch.Tensor]) -> Callable:
-    """`decode`, whose frames are then swapped for a smooth moving clip of the same shape: the GPU decodes
+def footage(stream: type[VideoStream]) -> type[VideoStream]:
+    """`stream`, whose frames are then swapped for a smooth moving clip of the same shape: the GPU decodes
     as in the render, but x264 sees footage instead of the random model's noise, its worst case. One clip
     (the longest span's) is kept and sliced (the writer copies what it queues), as yuv420p planes when the
     decode returns those."""
     clip = torch.empty(0, 0, 0, dtype=torch.uint8)
 
-    def decode_then_swap(vae: torch.nn.Module, z: torch.Tensor, **options: object) -> torch.Tensor:
-        nonlocal clip
-        frames = decode(vae, z, **options)
-        if clip.shape[0] < frames.shape[0] or clip.shape[1:] != frames.shape[1:]:
-            count, height, width = frames.shape[:3]
-            if options.get("yuv"):  # converted where the render converts, not by the CPU beside the decode
-                rgb = smooth_frames(count, height * 2 // 3, width)
-                clip = yuv420p(rgb.cuda() if torch.cuda.is_available() else rgb).cpu()
-            else:
-                clip = smooth_frames(count, height, width)
-        return clip[: frames.shape[0]]
+    class Footage(stream):
+        def __call__(self, *args: object, **options: object) -> torch.Tensor:
+            nonlocal clip
+            frames = super().__call__(*args, **options)
+            if clip.shape[0] < frames.shape[0] or clip.shape[1:] != frames.shape[1:]:
+                count, height, width = frames.shape[:3]
+                if self._yuv:  # converted where the render converts, not by the CPU beside the decode
+                    rgb = smooth_frames(count, height * 2 // 3, width)
+                    clip = yuv420p(rgb.cuda() if torch.cuda.is_available() else rgb).cpu()
+                else:
+                    clip = smooth_frames(count, height, width)
+            return clip[: frames.shape[0]]
 
-    return decode_then_swap
+    return Footage
 
 
 class Timeline(RenderProgress):
@@ -177,7 +178,7 @@ def main() -> None:
         settings = load_settings(None, flags)
 
     if args.footage:
-        render.decode_video = footage(render.decode_video)
+        render.VideoStream = footage(render.VideoStream)
     song, image, schedule = inputs(work, args.seconds)
     request, _ = request_for(song, image, schedule, settings, output=work / "song.mp4", resume=False)
     began = time.perf_counter()

@@ -55,7 +55,7 @@ class SpanTrace:
 
         def timed_run(stream: decode.LatentStream, span: decode.DecodeSpan, *args: object) -> None:
             row = next(r for r in trace.spans if r["window"] == span.window)
-            row.update(started_s=trace._now(), frames=span.kept[1] - span.kept[0])
+            row.update(started_s=trace._now(), frames=span.frames)
             row["triton_env"] = {k: v for k, v in os.environ.items() if k.startswith("TRITON_")}
             trace._current = span.window
             emit = stream._emit
