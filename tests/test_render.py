@@ -221,11 +221,13 @@ def test_decode_spans_push_every_latent_once_and_emit_every_frame_once_its_reach
 
 
 def test_the_last_span_decodes_in_equal_pieces_that_each_emit_what_they_complete() -> None:
-    assert tail_pieces(DecodeSpan(11, 623, 672, 4865, 5250)) == (
-        DecodeSpan(11, 623, 635, 4865, 4961),
-        DecodeSpan(11, 635, 647, 4961, 5057),
-        DecodeSpan(11, 647, 659, 5057, 5153),
-        DecodeSpan(11, 659, 672, 5153, 5250),
+    """The 3:30 render's last span: seven pushes of 7 latents, each emitting its 56 frames (the last: the
+    song's final 49), so the writer's last chunk is small."""
+    ends = (630, 637, 644, 651, 658, 665, 672)
+    emits = (4865, 4921, 4977, 5033, 5089, 5145, 5201, 5250)
+    assert tail_pieces(DecodeSpan(11, 623, 672, 4865, 5250)) == tuple(
+        DecodeSpan(11, start, end, emits[k], emits[k + 1])
+        for k, (start, end) in enumerate(zip((623, *ends[:-1]), ends, strict=True))
     )
     short = DecodeSpan(2, 18, 24, 25, 160)
     assert tail_pieces(short) == (short,)

@@ -27,7 +27,7 @@ from audioloop.plan import TEMPORAL, Plan
 
 STREAM_REACH = 14  # latents after a frame's own that the 2.3 decoder reads (13.5), rounded up
 # Latents per push of the last span, so that x264 encodes each push's frames while the next one decodes.
-TAIL_PIECE = 16
+TAIL_PIECE = 8
 
 
 @dataclass(frozen=True)
