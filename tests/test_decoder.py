@@ -351,5 +351,7 @@ def test_a_video_stream_refuses_frames_out_of_order_or_not_yet_complete():
     stream = VideoStream(vae)
     with pytest.raises(ValueError, match="do not follow"):
         stream(z[:, :, :6], (5, 9))
+    with pytest.raises(ValueError, match="do not follow"):
+        stream(z[:, :, :6], (0, 0))
     with pytest.raises(ValueError, match="completed frames 0–"):
         stream(z[:, :, :6], (0, 41))

@@ -88,7 +88,7 @@ def render_timeline(render: Render) -> Tensor:
 
 
 def queue_frames(job: UpscaleJob) -> int:
-    """The writer's queue: two tiles' new frames (about a decode span's), so encoding overlaps the next
+    """The writer's queue: two tiles' new frames (two decode spans'), so encoding overlaps the next
     tiles' refinement (the render's rule, two windows of frames for span and queue together, leaves less
     than one tile's output at twice the size); at most one decode span plus this many are ever held."""
     return max(queue_limit(job.tiles, job.spans), 2 * job.tiles.stride_px)

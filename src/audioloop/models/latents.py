@@ -122,12 +122,7 @@ class VideoStream:
 
     def __init__(
         self, video_vae: AutoencoderKLLTX2Video, tile_area: int = DECODE_TILE_AREA, yuv: bool = False
-    ):
-        if not vae_decoder.supports(video_vae.decoder):
-            raise ValueError(
-                "this video VAE's decoder is not LTX-2.3's (it has timestep conditioning, noise injection or "
-                "residual upsamplers): audioloop streams only the 2.3 decoder"
-            )
+    ) -> None:
         self._vae = video_vae
         self._tile_area = tile_area
         self._yuv = yuv
@@ -140,7 +135,7 @@ class VideoStream:
         of the timeline (start: where the last call stopped), as decode_video lays them out; `last` ends
         the timeline (frames past `stop` are dropped)."""
         start, stop = frames
-        if start != self._emitted:
+        if start != self._emitted or stop <= start:
             raise ValueError(f"frames {start}–{stop} do not follow the {self._emitted} already returned")
         device, dtype = _placement(self._vae)
         latents = denormalize_video(z.to(device=device, dtype=torch.float32), self._vae).to(dtype)
