@@ -15,6 +15,9 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
   first-call seconds (the fused ones' include their kernels' loads or compiles), median/min/max of
   `--repeats` after it (host wall, CUDA-synchronised, as the render waits for it), peak GPU memory, and
   the fused frames' max and mean abs difference in uint8 levels against the stock ones.
+- stream: the render's decode as it is, one `VideoStream` over the timeline: a steady push and a final one
+  against the cropped span a window decoded before it streamed, and a timeline pushed in three pieces
+  against its whole decode, in bf16 and in fp32 (`part_stream`).
 - accuracy: one short span (17 latents, 832×480, untiled) through the stock and the fused decoder in bf16
   and the stock decoder in fp32 (the same weights upcast, TF32 off): ‖out − ref‖ / ‖ref‖ of each bf16 one.
 - profile: one stock, one fused and one fused "emitted" decode of the first span under torch.profiler: CUDA
@@ -31,6 +34,7 @@ measurements are skipped once `--deadline` seconds are near, so a run cut short 
 timings mean nothing, it only checks the script.
 
     python bench/decode.py --out $OUT --parts spans,accuracy,profile
+    python bench/decode.py --out $OUT --parts stream --spans 72x832x480
     python bench/decode.py --out $OUT --parts spans --cache /tmp/c   # twice: the second runs warm
 """
 
