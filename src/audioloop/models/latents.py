@@ -111,7 +111,7 @@ def decode_video(
             tile_area,
             lambda _, tile: vae_decoder.decode(video_vae.decoder, tile, timestep, frames),
         )
-    return _to_uint8(video[0], yuv)
+    return _to_uint8([video[0]], yuv)
 
 
 class VideoStream:
@@ -127,7 +127,7 @@ class VideoStream:
         self._tile_area = tile_area
         self._yuv = yuv
         self._tiles: list[vae_decoder.Stream] = []
-        self._held: torch.Tensor | None = None
+        self._held: list[torch.Tensor] = []
         self._emitted = 0
 
     def __call__(self, z: torch.Tensor, frames: tuple[int, int], last: bool = False) -> torch.Tensor:
@@ -141,14 +141,14 @@ class VideoStream:
         latents = denormalize_video(z.to(device=device, dtype=torch.float32), self._vae).to(dtype)
         with torch.inference_mode():
             video = _tiled(self._vae, latents, self._tile_area, self._push(last))
-            if self._held is not None:
-                video = self._held if video is None else torch.cat([self._held, video], dim=2)
-        count = 0 if video is None else video.shape[2]
+        parts = self._held if video is None else [*self._held, video[0]]
+        count = sum(part.shape[1] for part in parts)
         if count < stop - start:
             raise ValueError(f"the decode completed frames {start}–{start + count}, not {start}–{stop}")
-        self._held = None if last or count == stop - start else video[:, :, stop - start :].clone()
+        emitted, rest = _cut(parts, stop - start)
+        self._held = [] if last else [part.clone() for part in rest]
         self._emitted = stop
-        return _to_uint8(video[0, :, : stop - start], self._yuv)
+        return _to_uint8(emitted, self._yuv)
 
     def _push(self, last: bool) -> Callable[[int, torch.Tensor], torch.Tensor | None]:
         """Tile k's latents → its stream's new frames, the streams made on first use."""
@@ -260,21 +260,39 @@ def _encode_pixels(vae: AutoencoderKLLTX2Video, pixels: torch.Tensor) -> torch.T
     return normalize_video(z.float(), vae)
 
 
-def _to_uint8(video: torch.Tensor, yuv: bool = False) -> torch.Tensor:
-    """Decoder output [3, F, H, W] in [-1, 1] → uint8 RGB [F, H, W, 3] on the CPU, rounded as diffusers'
-    VideoProcessor, or with `yuv` those frames' yuv420p planes. CONVERT_FRAMES at a time: converting a
-    1664×960 span whole held two float32 copies of it beside the decoder's output (~10 GB for 249 frames).
-    From CUDA through page-locked memory: a copy to pageable memory ran at 1.6 GB/s on an H200, 20% of a
-    window's decode; torch caches page-locked blocks."""
-    frames, height, width = video.shape[1:]
+def _cut(parts: list[torch.Tensor], frames: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pieces [3, F, H, W] of one run of frames, in order → views of its first `frames` frames, and of the
+    rest."""
+    first, rest = [], []
+    for part in parts:
+        take = min(max(frames, 0), part.shape[1])
+        first += [part[:, :take]] if take else []
+        rest += [part[:, take:]] if take < part.shape[1] else []
+        frames -= take
+    return first, rest
+
+
+def _to_uint8(parts: list[torch.Tensor], yuv: bool = False) -> torch.Tensor:
+    """Decoder output in pieces [3, F, H, W] in [-1, 1], one run of frames → uint8 RGB [ΣF, H, W, 3] on the
+    CPU, rounded as diffusers' VideoProcessor, or with `yuv` those frames' yuv420p planes; the pieces are
+    never joined on the device. CONVERT_FRAMES at a time: converting a 1664×960 span whole held two float32
+    copies of it beside the decoder's output (~10 GB for 249 frames). From CUDA through page-locked
+    memory: a copy to pageable memory ran at 1.6 GB/s on an H200, 20% of a window's decode; torch caches
+    page-locked blocks."""
+    height, width = parts[0].shape[2:]
+    frames = sum(part.shape[1] for part in parts)
     shape = planes_shape(frames, height, width) if yuv else (frames, height, width, 3)
-    host = torch.empty(shape, dtype=torch.uint8, pin_memory=video.is_cuda)
-    for start in range(0, frames, CONVERT_FRAMES):
-        chunk = video[:, start : start + CONVERT_FRAMES]
-        pixels = ((chunk.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0)
-        host[start : start + CONVERT_FRAMES].copy_(yuv420p(pixels) if yuv else pixels, non_blocking=True)
-    if video.is_cuda:
-        torch.cuda.current_stream(video.device).synchronize()
+    cuda = parts[0].is_cuda
+    host = torch.empty(shape, dtype=torch.uint8, pin_memory=cuda)
+    done = 0
+    for part in parts:
+        for start in range(0, part.shape[1], CONVERT_FRAMES):
+            chunk = part[:, start : start + CONVERT_FRAMES]
+            pixels = ((chunk.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0)
+            host[done : done + chunk.shape[1]].copy_(yuv420p(pixels) if yuv else pixels, non_blocking=True)
+            done += chunk.shape[1]
+    if cuda:
+        torch.cuda.current_stream(parts[0].device).synchronize()
     return host
 
 
