@@ -23,16 +23,19 @@ class GemmaSpy:
         self.load = components.load_text_encoder
         self.builds = 0
         self.batches: list[int] = []
+        self.lengths: list[int] = []
         self.alive: list[weakref.ref[torch.nn.Module]] = []
 
     def __call__(self) -> torch.nn.Module:
         self.builds += 1
         encoder = self.load()
-        encoder.register_forward_hook(
-            lambda module, args, kwargs, out: self.batches.append(len(kwargs["input_ids"])), with_kwargs=True
-        )
+        encoder.register_forward_hook(self._record, with_kwargs=True)
         self.alive.append(weakref.ref(encoder))
         return encoder
+
+    def _record(self, module: torch.nn.Module, args: tuple, kwargs: dict, out: object) -> None:
+        self.batches.append(kwargs["input_ids"].shape[0])
+        self.lengths.append(kwargs["input_ids"].shape[1])
 
 
 def _refuse() -> torch.nn.Module:
@@ -62,6 +65,43 @@ def test_one_batched_pass_for_all_prompts(tiny_components: Components, tmp_path:
         assert embedding.video.dtype == embedding.audio.dtype == components.dtype
         assert embedding.video.device == components.device
     assert not torch.equal(embeddings[SCHEDULE[0]].video, embeddings[SCHEDULE[2]].video)
+
+
+def _padded_reference(components: Components, texts: list[str]) -> tuple[torch.Tensor, ...]:
+    """What diffusers' LTX2Pipeline computes: Gemma over every prompt padded to max_sequence_length."""
+    tokens = components.tokenizer(
+        texts,
+        padding="max_length",
+        max_length=components.max_sequence_length,
+        truncation=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
+    with torch.inference_mode():
+        output = components.load_text_encoder()(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        )
+        hidden = torch.stack(output.hidden_states, dim=-1).flatten(2, 3)
+        video, audio, _ = components.connectors(hidden, tokens.attention_mask, padding_side="left")
+    return hidden, tokens.attention_mask, video, audio
+
+
+def test_gemma_runs_on_the_longest_prompt_and_matches_the_padded_pass(tiny_components: Components) -> None:
+    texts = ["a singer in a red coat", "the singer in the rain, walking slowly past the lamps", ""]
+    components, spy = _spied(tiny_components)
+    hidden, mask = text._gemma_hidden_states(components, texts)
+    reference, reference_mask, video, audio = _padded_reference(tiny_components, texts)
+    longest = max(len(components.tokenizer(t).input_ids) for t in texts)
+    assert spy.lengths == [longest] and longest < components.max_sequence_length // 2
+    assert torch.equal(mask, reference_mask)
+    assert hidden.shape == reference.shape
+    real = mask.bool()
+    added = components.max_sequence_length - longest
+    assert not hidden[:, :added].any()  # the padding Gemma did not see
+    torch.testing.assert_close(hidden[real], reference[real], rtol=1e-5, atol=1e-5)
+    embeddings = encode_texts(tiny_components, texts)
+    torch.testing.assert_close(torch.stack([e.video for e in embeddings]), video, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack([e.audio for e in embeddings]), audio, rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture
