@@ -65,6 +65,7 @@ def test_one_batched_pass_for_all_prompts(tiny_components: Components, tmp_path:
         assert embedding.video.dtype == embedding.audio.dtype == components.dtype
         assert embedding.video.device == components.device
     assert not torch.equal(embeddings[SCHEDULE[0]].video, embeddings[SCHEDULE[2]].video)
+    assert not any(e.video.is_inference() or e.audio.is_inference() for e in embeddings.values())
 
 
 def _padded_reference(components: Components, texts: list[str]) -> tuple[torch.Tensor, ...]:
@@ -138,6 +139,21 @@ def test_text_encoder_in_a_reference_cycle_is_collected(
 
     encode_prompts(dataclasses.replace(components, load_text_encoder=cyclic), SCHEDULE, tmp_path)
     assert [ref() for ref in spy.alive] == [None]
+
+
+def test_a_cache_write_that_fails_warns_and_the_encode_goes_on(
+    tiny_components: Components, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(tensors: dict, path: Path, metadata: dict) -> None:
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(text, "save_file", full)
+    with pytest.warns(RuntimeWarning, match="text cache entry not written"):
+        embeddings = encode_prompts(tiny_components, SCHEDULE[:1], tmp_path)
+        text.wait_for_writes()
+    assert list(embeddings) == SCHEDULE[:1]
+    assert list(tmp_path.iterdir()) == []  # no entry and no half-written temporary file
 
 
 def test_second_run_reads_only_the_cache(tiny_components: Components, tmp_path: Path) -> None:

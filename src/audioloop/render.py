@@ -45,7 +45,7 @@ from audioloop.models.latents import (
     encode_image,
 )
 from audioloop.models.load import Components, load_components
-from audioloop.models.text import TextEmbedding, encode_prompts
+from audioloop.models.text import TextEmbedding, encode_prompts, wait_for_writes
 from audioloop.parallel import from_rank0, is_rank0, same_on_every_rank
 from audioloop.plan import Plan, Window, audio_tokens
 from audioloop.progress import RenderProgress
@@ -270,6 +270,7 @@ def _encode(components: Components, prompts: list[str], parallel: bool) -> dict[
         dist.barrier()
     texts = encode_prompts(components, prompts, cache_dir() / "text")
     if parallel and is_rank0():
+        wait_for_writes()
         dist.barrier()
     return texts
 

@@ -10,6 +10,8 @@ import gc
 import hashlib
 import json
 import os
+import threading
+import warnings
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from audioloop.models.load import Components
+
+_WRITERS: list[threading.Thread] = []  # cache writes still running (`_write_behind`)
 
 
 @dataclass(frozen=True)
@@ -33,15 +37,26 @@ class TextEmbedding:
 def encode_prompts(
     components: Components, prompts: Sequence[str], cache_dir: Path
 ) -> dict[str, TextEmbedding]:
-    """Embeddings for every prompt (the empty one included), encoding only those not already cached."""
+    """Embeddings for every prompt (the empty one included), encoding only those not already cached. New
+    entries reach the disk on a thread while the caller goes on; the next call waits for them first."""
+    wait_for_writes()
     paths = {prompt: cache_path(components, prompt, cache_dir) for prompt in prompts}
     missing = {path: prompt.strip() for prompt, path in paths.items() if not path.is_file()}
+    fresh: dict[Path, TextEmbedding] = {}
     if missing:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fresh = encode_texts(components, list(missing.values()))
-        for (path, text), embedding in zip(missing.items(), fresh, strict=True):
-            _write_atomic(path, embedding, {"revision": components.revision, "text": text})
-    return {prompt: _read(path, components) for prompt, path in paths.items()}
+        fresh = dict(zip(missing, encode_texts(components, list(missing.values())), strict=True))
+        metadata = {path: {"revision": components.revision, "text": text} for path, text in missing.items()}
+        _write_behind([(path, embedding, metadata[path]) for path, embedding in fresh.items()])
+    return {
+        prompt: fresh[path] if path in fresh else _read(path, components) for prompt, path in paths.items()
+    }
+
+
+def wait_for_writes() -> None:
+    """Block until every cache entry handed to `_write_behind` is on disk (or has failed with a warning)."""
+    while _WRITERS:
+        _WRITERS.pop().join()
 
 
 def cache_path(components: Components, prompt: str, cache_dir: Path) -> Path:
@@ -53,11 +68,12 @@ def cache_path(components: Components, prompt: str, cache_dir: Path) -> Path:
 
 
 def encode_texts(components: Components, texts: Sequence[str]) -> list[TextEmbedding]:
-    """Encode texts with no cache: one Gemma pass, then the connectors once; results on the CPU."""
+    """Encode texts with no cache: one Gemma pass, then the connectors once; results on the components'
+    device and dtype, as ordinary tensors (copied out of inference mode)."""
     hidden, mask = _gemma_hidden_states(components, texts)
     with torch.inference_mode():
         video, audio, _ = components.connectors(hidden, mask, padding_side="left")
-    return [TextEmbedding(v.cpu().clone(), a.cpu().clone()) for v, a in zip(video, audio, strict=True)]
+    return [TextEmbedding(v.clone(), a.clone()) for v, a in zip(video, audio, strict=True)]
 
 
 def _gemma_hidden_states(components: Components, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,11 +120,30 @@ def _free_memory(device: torch.device, weight: weakref.ref[torch.Tensor]) -> Non
         torch.cuda.empty_cache()
 
 
+def _write_behind(entries: list[tuple[Path, TextEmbedding, dict[str, str]]]) -> None:
+    """Write cache entries on a thread (about 10 ms each for the full-size model, copied to the host there).
+    It is not a daemon: the interpreter finishes the writes before it exits."""
+    thread = threading.Thread(target=_write_all, args=(entries,), name="audioloop text cache")
+    thread.start()
+    _WRITERS.append(thread)
+
+
+def _write_all(entries: list[tuple[Path, TextEmbedding, dict[str, str]]]) -> None:
+    """Write each entry; a failure (a full disk, a read-only cache) warns, and that prompt is encoded
+    again by the next run."""
+    for path, embedding, metadata in entries:
+        try:
+            _write_atomic(path, embedding, metadata)
+        except OSError as exc:
+            warnings.warn(f"{path}: text cache entry not written ({exc})", RuntimeWarning, stacklevel=1)
+
+
 def _write_atomic(path: Path, embedding: TextEmbedding, metadata: dict[str, str]) -> None:
     """Write one cache entry through a temporary file and a rename, so a reader never sees half a file."""
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tensors = {"video": embedding.video.cpu(), "audio": embedding.audio.cpu()}
     try:
-        save_file({"video": embedding.video, "audio": embedding.audio}, temporary, metadata=metadata)
+        save_file(tensors, temporary, metadata=metadata)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
