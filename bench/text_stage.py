@@ -1,10 +1,13 @@
 """Where the render's "text" stage goes: `encode_prompts` on the full-size Gemma 3 12B and connectors.
 
-Times, with the GPU synchronised at each boundary, the pieces of one cold-cache encode of `--prompts`
-prompts (the 3:30 schedule's eight and its negative by default): Gemma's build (charged to "load" in a
-render), its forward, freeing it, the connectors and the rest (tokenising, stacking the hidden states,
-copies, the cache's writes and reads). The first encode of a process is timed, then a second one on new
-prompts; `--fa4` starts flash-attn-4's import thread first, as a render with `--attention fa4` does.
+Times, with the GPU synchronised at each boundary, the pieces of one cold-cache encode of the 3:30
+schedule's prompts (its eight and the negative, composed as the render composes them): Gemma's build
+(charged to "load" in a render), its forward, freeing it, the connectors and the rest (tokenising, stacking
+and padding the hidden states, copies); the cache's writes run on a thread, timed as `writes_after` from
+the return to their end. The first encode of a process is timed, then a second one on new prompts;
+`--fa4` starts flash-attn-4's import thread first, as a render with `--attention fa4` does. Then the same
+prompts through Gemma padded to 1,024 tokens, as diffusers' LTX2Pipeline runs it: its forward time and
+the relative L2 difference of the connectors' outputs from the encode's.
 
     python bench/text_stage.py --out $OUT/text
     python bench/text_stage.py --out $OUT/text_fa4 --fa4
@@ -27,6 +30,9 @@ import torch
 import fullsize
 from audioloop.models import flash4, text
 from audioloop.models.load import Components, load_components
+from audioloop.schedule import load_schedule
+
+SCHEDULE = Path(__file__).resolve().parents[1] / "prompts" / "indie_ballad.yaml"
 
 
 def sync() -> None:
@@ -88,13 +94,55 @@ def encode(
     seconds["total_without_build"] = seconds["total"] - seconds["gemma_build"]
     known = ("gemma_build", "gemma_forward", "free_gemma", "connectors")
     seconds["rest"] = seconds["total"] - sum(seconds[k] for k in known)
+    text.wait_for_writes()
+    seconds["writes_after"] = time.perf_counter() - start - seconds["total"]
     return dict(seconds)
+
+
+def schedule_prompts(prefix: str = "") -> list[str]:
+    """The 3:30 schedule's window prompts and its negative, as the render composes them."""
+    schedule = load_schedule(SCHEDULE)
+    return [prefix + schedule.prompt_text(entry) for entry in schedule.entries] + [prefix + schedule.negative]
+
+
+def padded_pass(components: Components, prompts: list[str]) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Gemma over the prompts padded to max_sequence_length, then the connectors (diffusers' LTX2Pipeline):
+    the synchronised seconds of a warm Gemma forward, and the connectors' video and audio outputs."""
+    tokens = components.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=components.max_sequence_length,
+        truncation=True,
+        padding_side="left",
+        return_tensors="pt",
+    ).to(components.device)
+    encoder = components.load_text_encoder()
+    with torch.inference_mode():
+        for _ in range(2):
+            sync()
+            start = time.perf_counter()
+            output = encoder(
+                input_ids=tokens.input_ids,
+                attention_mask=tokens.attention_mask,
+                output_hidden_states=True,
+                logits_to_keep=1,
+            )
+            sync()
+            forward = time.perf_counter() - start
+        hidden = torch.stack(output.hidden_states, dim=-1).flatten(2, 3).to(components.dtype)
+        del encoder, output
+        video, audio, _ = components.connectors(hidden, tokens.attention_mask, padding_side="left")
+    return forward, video, audio
+
+
+def relative_l2(value: torch.Tensor, reference: torch.Tensor) -> float:
+    """‖value − reference‖ / ‖reference‖ in fp32."""
+    return ((value.float() - reference.float()).norm() / reference.float().norm()).item()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--prompts", type=int, default=9)
     parser.add_argument("--fa4", action="store_true", help="import flash-attn-4 on a thread first")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
     args = parser.parse_args()
@@ -108,16 +156,26 @@ def main() -> None:
     runs = []
     for run in range(2):
         seconds.clear()
-        prompts = [f"run {run} prompt {i}: a singer by a window, warm lamplight" for i in range(args.prompts)]
+        prompts = schedule_prompts("Again: " if run else "")
         pieces = encode(components, prompts, cache / "text", seconds)
         runs.append(pieces)
         print(f"run {run}: " + ", ".join(f"{k} {v:.3f} s" for k, v in pieces.items()), flush=True)
+    embeddings = text.encode_prompts(components, prompts, cache / "text")
+    forward, video, audio = padded_pass(components, prompts)
+    padded = {
+        "gemma_forward_warm": forward,
+        "video_relative_l2": relative_l2(torch.stack([embeddings[p].video for p in prompts]), video),
+        "audio_relative_l2": relative_l2(torch.stack([embeddings[p].audio for p in prompts]), audio),
+    }
+    print("padded to 1024: " + ", ".join(f"{k} {v:.4g}" for k, v in padded.items()), flush=True)
+    tokens = [len(components.tokenizer(p).input_ids) for p in prompts]
     results = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
-        "prompts": args.prompts,
+        "prompt_tokens": tokens,
         "fa4_import_beside": args.fa4,
         "runs": runs,
+        "padded_to_max_length": padded,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
     }
     (args.out / "text_stage.json").write_text(json.dumps(results, indent=2))
