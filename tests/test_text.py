@@ -1,5 +1,6 @@
 """Prompt encoding: one batched Gemma pass for what is missing, a disk cache for everything else."""
 
+import copy
 import dataclasses
 import gc
 import weakref
@@ -139,6 +140,25 @@ def test_text_encoder_in_a_reference_cycle_is_collected(
 
     encode_prompts(dataclasses.replace(components, load_text_encoder=cyclic), SCHEDULE, tmp_path)
     assert [ref() for ref in spy.alive] == [None]
+
+
+def test_the_text_stage_never_attends_with_cudnn(tiny_components: Components, tmp_path: Path) -> None:
+    seen: list[tuple[str, bool]] = []
+
+    def hooked(module: torch.nn.Module, name: str) -> torch.nn.Module:
+        cudnn = torch.backends.cuda.cudnn_sdp_enabled
+        module.register_forward_pre_hook(lambda *_: seen.append((name, cudnn())))
+        return module
+
+    build = tiny_components.load_text_encoder
+    components = dataclasses.replace(
+        tiny_components,
+        load_text_encoder=lambda: hooked(build(), "gemma"),
+        connectors=hooked(copy.deepcopy(tiny_components.connectors), "connectors"),
+    )
+    encode_prompts(components, SCHEDULE, tmp_path)
+    assert seen == [("gemma", False), ("connectors", False)]
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after
 
 
 def test_a_cache_write_that_fails_warns_and_the_encode_goes_on(

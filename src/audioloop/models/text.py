@@ -20,9 +20,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from audioloop.models.load import Components
 
+# The text stage's attention backends: all but cuDNN's, which builds a graph for each new shape (0.1-1.2 s
+# on an H200), and a run's longest prompt sets Gemma's. Gemma's pass and the connectors' are short enough
+# that the memory-efficient kernel costs nothing against it.
+UNCACHED_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 _WRITERS: list[threading.Thread] = []  # cache writes still running (`_write_behind`)
 
 
@@ -71,7 +76,7 @@ def encode_texts(components: Components, texts: Sequence[str]) -> list[TextEmbed
     """Encode texts with no cache: one Gemma pass, then the connectors once; results on the components'
     device and dtype, as ordinary tensors (copied out of inference mode)."""
     hidden, mask = _gemma_hidden_states(components, texts)
-    with torch.inference_mode():
+    with torch.inference_mode(), sdpa_kernel(UNCACHED_BACKENDS):
         video, audio, _ = components.connectors(hidden, mask, padding_side="left")
     return [TextEmbedding(v.clone(), a.clone()) for v, a in zip(video, audio, strict=True)]
 
@@ -96,7 +101,7 @@ def _gemma_hidden_states(components: Components, texts: Sequence[str]) -> tuple[
     ).to(components.device)
     encoder = components.load_text_encoder()
     weight = weakref.ref(next(encoder.parameters()))
-    with torch.inference_mode():
+    with torch.inference_mode(), sdpa_kernel(UNCACHED_BACKENDS):
         output = encoder(
             input_ids=tokens.input_ids,
             attention_mask=tokens.attention_mask,
