@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import os
 import sys
+from unittest.mock import MagicMock
 
 import pytest
 import torch
@@ -145,10 +146,17 @@ def test_a_failed_preload_leaves_the_error_to_the_first_call(tmp_path, monkeypat
         flash4.forward(*(torch.zeros(1, 2, 1, 8) for _ in range(3)))
 
 
-def test_only_fa4_starts_anything_early(monkeypatch) -> None:
+def test_fa4_import_and_cudnn_first_use_start_early(monkeypatch) -> None:
     started: list = []
+    threads: list[dict] = []
     monkeypatch.setattr(flash4, "preload", started.append)
-    accel.start_early(accel.AccelSettings())
-    assert started == []
-    accel.start_early(accel.AccelSettings(attention="fa4"))
-    assert started == [accel.cache_dir() / "flash4"]
+    monkeypatch.setattr(accel.threading, "Thread", lambda **kwargs: threads.append(kwargs) or MagicMock())
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 1)
+    accel.start_early(accel.AccelSettings(), cpu, torch.float32)
+    assert started == [] and threads == []
+    accel.start_early(accel.AccelSettings(attention="fa4"), cpu, torch.float32)
+    assert started == [accel.cache_dir() / "flash4"] and threads == []
+    accel.start_early(accel.AccelSettings(), cuda, torch.bfloat16)
+    assert [(t["target"], t["args"], t["daemon"]) for t in threads] == [
+        (accel.first_convolution, (cuda, torch.bfloat16), True)
+    ]

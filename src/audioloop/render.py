@@ -171,7 +171,7 @@ def _render(
         raise RenderError(
             "the ranks prepared different renders (an input or the work dir changed as they started); rerun"
         )
-    start_early(job.accel)
+    start_early(job.accel, job.device, job.dtype)
     progress.status("loading the model")
     with clock("load"):
         components = components or load_components(

@@ -136,7 +136,7 @@ def _upscale(
     """Load, walk the tiles (each decoded as it is final) and close the video; returns the writer's peak
     queued frames and the seconds spent decoding."""
     tiles = job.tiles
-    start_early(job.accel)
+    start_early(job.accel, job.device, job.dtype)
     progress.status("loading the model")
     with clock("load"):
         components = load_components(

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -155,10 +156,23 @@ def check_modes(settings: AccelSettings, device: torch.device) -> None:
         raise ValueError(f"--fp8 needs FP8 matmuls (Ada or Hopper, sm_89+); {name} has none")
 
 
-def start_early(settings: AccelSettings) -> None:
-    """What can begin before the models load: FA4's seconds-long import, on a thread of its own."""
+def start_early(settings: AccelSettings, device: torch.device, dtype: torch.dtype) -> None:
+    """What can begin before the models load, each on a daemon thread: FA4's seconds-long import, and on
+    CUDA cuDNN's first use (loading its engines), which the image encode or the text stage would otherwise
+    wait for (0.4 s on an H200, bench/RESULTS.md)."""
     if settings.attention == flash4.NAME:
         flash4.preload(cache_dir() / "flash4")
+    if device.type == "cuda":
+        threading.Thread(
+            target=first_convolution, args=(device, dtype), name="audioloop-cudnn", daemon=True
+        ).start()
+
+
+def first_convolution(device: torch.device, dtype: torch.dtype) -> None:
+    """One tiny 3-D convolution: what loads cuDNN's libraries and engines for every later one."""
+    x = torch.zeros(1, 8, 3, 8, 8, device=device, dtype=dtype)
+    nn.functional.conv3d(x, torch.zeros(8, 8, 3, 3, 3, device=device, dtype=dtype))
+    torch.cuda.synchronize(device)
 
 
 def compile_cache_dir(env: Mapping[str, str] | None = None) -> Path:
