@@ -5,12 +5,16 @@ schedule's prompts (its eight and the negative, composed as the render composes 
 (charged to "load" in a render), its forward, freeing it, the connectors and the rest (tokenising, stacking
 and padding the hidden states, copies); the cache's writes run on a thread, timed as `writes_after` from
 the return to their end. The first encode of a process is timed, then a second one on new prompts;
-`--fa4` starts flash-attn-4's import thread first, as a render with `--attention fa4` does. Then the same
+`--fa4` starts flash-attn-4's import thread first, as a render with `--attention fa4` does, and
+`--warm-cudnn` cuDNN's first use on a thread, as every CUDA render does (`accel.start_early`). Then an
+image encode is timed: the process's first cuDNN convolution on the main thread. Then the same
 prompts through Gemma padded to 1,024 tokens, as diffusers' LTX2Pipeline runs it: its forward time and
-the relative L2 difference of the connectors' outputs from the encode's.
+the relative L2 difference of the connectors' outputs from the encode's, beside the difference between
+padding to 1,024 and to 1,016 tokens (equal in exact arithmetic: the rounding floor).
 
     python bench/text_stage.py --out $OUT/text
     python bench/text_stage.py --out $OUT/text_fa4 --fa4
+    python bench/text_stage.py --out $OUT/text_render --fa4 --warm-cudnn   # as a render's start
     python bench/text_stage.py --out /tmp/x --tiny          # CPU smoke test of this script
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -26,9 +31,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 import fullsize
-from audioloop.models import flash4, text
+from audioloop.models import accel, flash4, text
+from audioloop.models.latents import encode_image
 from audioloop.models.load import Components, load_components
 from audioloop.schedule import load_schedule
 
@@ -105,13 +112,22 @@ def schedule_prompts(prefix: str = "") -> list[str]:
     return [prefix + schedule.prompt_text(entry) for entry in schedule.entries] + [prefix + schedule.negative]
 
 
-def padded_pass(components: Components, prompts: list[str]) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Gemma over the prompts padded to max_sequence_length, then the connectors (diffusers' LTX2Pipeline):
-    the synchronised seconds of a warm Gemma forward, and the connectors' video and audio outputs."""
+def fullsize_image(components: Components) -> torch.Tensor:
+    """A uint8 [3, 480, 832] gradient on the components' device: the render's hero image at 832×480."""
+    ramp = torch.linspace(0, 255, 832, device=components.device).expand(480, 832)
+    return torch.stack([ramp, ramp.flip(1), 255 - ramp]).to(torch.uint8)
+
+
+def padded_pass(
+    components: Components, prompts: list[str], length: int
+) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Gemma over the prompts left-padded to `length` tokens, then the connectors at max_sequence_length
+    (diffusers' LTX2Pipeline, for length = max_sequence_length): the synchronised seconds of a warm Gemma
+    forward, and the connectors' video and audio outputs."""
     tokens = components.tokenizer(
         prompts,
         padding="max_length",
-        max_length=components.max_sequence_length,
+        max_length=length,
         truncation=True,
         padding_side="left",
         return_tensors="pt",
@@ -131,7 +147,9 @@ def padded_pass(components: Components, prompts: list[str]) -> tuple[float, torc
             forward = time.perf_counter() - start
         hidden = torch.stack(output.hidden_states, dim=-1).flatten(2, 3).to(components.dtype)
         del encoder, output
-        video, audio, _ = components.connectors(hidden, tokens.attention_mask, padding_side="left")
+        padding = components.max_sequence_length - length
+        hidden, mask = F.pad(hidden, (0, 0, padding, 0)), F.pad(tokens.attention_mask, (padding, 0))
+        video, audio, _ = components.connectors(hidden, mask, padding_side="left")
     return forward, video, audio
 
 
@@ -145,7 +163,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--fa4", action="store_true", help="import flash-attn-4 on a thread first")
     parser.add_argument("--tiny", action="store_true", help="the tiny model on the CPU (tests this script)")
+    parser.add_argument(
+        "--warm-cudnn", action="store_true", help="cuDNN's first use on a thread first, as a render"
+    )
     args = parser.parse_args()
+    if args.warm_cudnn:
+        threading.Thread(target=accel.first_convolution, args=(torch.device("cuda"), torch.bfloat16)).start()
     args.out.mkdir(parents=True, exist_ok=True)
     cache = Path(tempfile.mkdtemp(prefix="audioloop-text-"))
     if args.fa4:
@@ -160,12 +183,23 @@ def main() -> None:
         pieces = encode(components, prompts, cache / "text", seconds)
         runs.append(pieces)
         print(f"run {run}: " + ", ".join(f"{k} {v:.3f} s" for k, v in pieces.items()), flush=True)
+    sync()
+    start = time.perf_counter()
+    encode_image(components.video_vae, fullsize_image(components))
+    sync()
+    image_encode = time.perf_counter() - start
+    print(f"image encode after: {image_encode:.3f} s", flush=True)
     embeddings = text.encode_prompts(components, prompts, cache / "text")
-    forward, video, audio = padded_pass(components, prompts)
+    length = components.max_sequence_length
+    forward, video, audio = padded_pass(components, prompts, length)
+    _, video_less, audio_less = padded_pass(components, prompts, length - 8)
     padded = {
         "gemma_forward_warm": forward,
         "video_relative_l2": relative_l2(torch.stack([embeddings[p].video for p in prompts]), video),
         "audio_relative_l2": relative_l2(torch.stack([embeddings[p].audio for p in prompts]), audio),
+        # the same prompts padded 8 tokens less: as equal in exact arithmetic, so the rounding floor
+        "video_relative_l2_8_less": relative_l2(video_less, video),
+        "audio_relative_l2_8_less": relative_l2(audio_less, audio),
     }
     print("padded to 1024: " + ", ".join(f"{k} {v:.4g}" for k, v in padded.items()), flush=True)
     tokens = [len(components.tokenizer(p).input_ids) for p in prompts]
@@ -175,6 +209,8 @@ def main() -> None:
         "prompt_tokens": tokens,
         "fa4_import_beside": args.fa4,
         "runs": runs,
+        "first_image_encode": image_encode,
+        "warm_cudnn": args.warm_cudnn,
         "padded_to_max_length": padded,
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0,
     }
