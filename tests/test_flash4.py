@@ -160,3 +160,7 @@ def test_fa4_import_and_cudnn_first_use_start_early(monkeypatch) -> None:
     assert [(t["target"], t["args"], t["daemon"]) for t in threads] == [
         (accel.first_convolution, (cuda, torch.bfloat16), True)
     ]
+
+
+def test_cudnn_first_use_leaves_a_missing_device_to_the_render() -> None:
+    assert accel.first_convolution(torch.device("cuda"), torch.bfloat16) is None  # this CPU build has none

@@ -169,10 +169,14 @@ def start_early(settings: AccelSettings, device: torch.device, dtype: torch.dtyp
 
 
 def first_convolution(device: torch.device, dtype: torch.dtype) -> None:
-    """One tiny 3-D convolution: what loads cuDNN's libraries and engines for every later one."""
-    x = torch.zeros(1, 8, 3, 8, 8, device=device, dtype=dtype)
-    nn.functional.conv3d(x, torch.zeros(8, 8, 3, 3, 3, device=device, dtype=dtype))
-    torch.cuda.synchronize(device)
+    """One tiny 3-D convolution: what loads cuDNN's libraries and engines for every later one. A failure is
+    left for the render's own first use of the device to report, with its message."""
+    try:
+        x = torch.zeros(1, 8, 3, 8, 8, device=device, dtype=dtype)
+        nn.functional.conv3d(x, torch.zeros(8, 8, 3, 3, 3, device=device, dtype=dtype))
+        torch.cuda.synchronize(device)
+    except (RuntimeError, AssertionError):  # AssertionError: a torch built without CUDA
+        return
 
 
 def compile_cache_dir(env: Mapping[str, str] | None = None) -> Path:
