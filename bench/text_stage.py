@@ -31,7 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import fullsize
 from audioloop.models import accel, flash4, text
@@ -124,14 +123,7 @@ def padded_pass(
     """Gemma over the prompts left-padded to `length` tokens, then the connectors at max_sequence_length
     (diffusers' LTX2Pipeline, for length = max_sequence_length): the synchronised seconds of a warm Gemma
     forward, and the connectors' video and audio outputs."""
-    tokens = components.tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=length,
-        truncation=True,
-        padding_side="left",
-        return_tensors="pt",
-    ).to(components.device)
+    tokens = text.tokenize(components, prompts, length)
     encoder = components.load_text_encoder()
     with torch.inference_mode():
         for _ in range(2):
@@ -145,10 +137,8 @@ def padded_pass(
             )
             sync()
             forward = time.perf_counter() - start
-        hidden = torch.stack(output.hidden_states, dim=-1).flatten(2, 3).to(components.dtype)
+        hidden, mask = text.connector_inputs(components, output.hidden_states, tokens.attention_mask)
         del encoder, output
-        padding = components.max_sequence_length - length
-        hidden, mask = F.pad(hidden, (0, 0, padding, 0)), F.pad(tokens.attention_mask, (padding, 0))
         video, audio, _ = components.connectors(hidden, mask, padding_side="left")
     return forward, video, audio
 

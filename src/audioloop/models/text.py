@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import BatchEncoding
 
 from audioloop.models.load import Components
 
@@ -51,8 +52,10 @@ def encode_prompts(
     if missing:
         cache_dir.mkdir(parents=True, exist_ok=True)
         fresh = dict(zip(missing, encode_texts(components, list(missing.values())), strict=True))
-        metadata = {path: {"revision": components.revision, "text": text} for path, text in missing.items()}
-        _write_behind([(path, embedding, metadata[path]) for path, embedding in fresh.items()])
+        revision = components.revision
+        _write_behind(
+            [(path, fresh[path], {"revision": revision, "text": text}) for path, text in missing.items()]
+        )
     return {
         prompt: fresh[path] if path in fresh else _read(path, components) for prompt, path in paths.items()
     }
@@ -87,18 +90,7 @@ def _gemma_hidden_states(components: Components, texts: Sequence[str]) -> tuple[
     connectors zero every padded position, and left padding only shifts the RoPE positions, which attention
     sees as differences, so the real tokens' states are the same (to rounding) at a fraction of the cost
     (1024 tokens a prompt, where a schedule's prompts hold tens)."""
-    tokenizer = components.tokenizer
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokens = tokenizer(
-        list(texts),
-        padding="longest",
-        max_length=components.max_sequence_length,
-        truncation=True,
-        add_special_tokens=True,
-        padding_side="left",
-        return_tensors="pt",
-    ).to(components.device)
+    tokens = tokenize(components, texts)
     encoder = components.load_text_encoder()
     weight = weakref.ref(next(encoder.parameters()))
     with torch.inference_mode(), sdpa_kernel(UNCACHED_BACKENDS):
@@ -108,11 +100,37 @@ def _gemma_hidden_states(components: Components, texts: Sequence[str]) -> tuple[
             output_hidden_states=True,
             logits_to_keep=1,
         )
-        hidden = torch.stack(output.hidden_states, dim=-1).flatten(2, 3).to(components.dtype)
+        hidden, mask = connector_inputs(components, output.hidden_states, tokens.attention_mask)
     del encoder, output
     _free_memory(components.device, weight)
+    return hidden, mask
+
+
+def tokenize(components: Components, texts: Sequence[str], length: int | None = None) -> BatchEncoding:
+    """The texts' Gemma tokens on the components' device, left-padded to `length` (the longest text's
+    when None) and cut at max_sequence_length."""
+    tokenizer = components.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer(
+        list(texts),
+        padding="longest" if length is None else "max_length",
+        max_length=components.max_sequence_length if length is None else length,
+        truncation=True,
+        add_special_tokens=True,
+        padding_side="left",
+        return_tensors="pt",
+    ).to(components.device)
+
+
+def connector_inputs(
+    components: Components, hidden_states: Sequence[torch.Tensor], mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma's per-layer hidden states [B, T, H] stacked per token in the components' dtype, and their
+    mask, both left-padded from T to max_sequence_length: what the connectors take."""
+    hidden = torch.stack(tuple(hidden_states), dim=-1).flatten(2, 3).to(components.dtype)
     padding = components.max_sequence_length - hidden.shape[1]
-    return F.pad(hidden, (0, 0, padding, 0)), F.pad(tokens.attention_mask, (padding, 0))
+    return F.pad(hidden, (0, 0, padding, 0)), F.pad(mask, (padding, 0))
 
 
 def _free_memory(device: torch.device, weight: weakref.ref[torch.Tensor]) -> None:
