@@ -78,11 +78,17 @@ def decode_spans(plan: Plan) -> tuple[DecodeSpan, ...]:
     for index, end in enumerate(ends):
         last = index == len(ends) - 1
         end = min(end, needed)
-        ready = plan.total_frames if last else min(plan.total_frames, first_frame(max(0, end - STREAM_REACH)))
+        ready = plan.total_frames if last else completed(end, plan.total_frames)
         if ready > emitted:
             spans.append(DecodeSpan(index, pushed, end, emitted, ready))
             emitted, pushed = ready, end
     return tuple(spans)
+
+
+def completed(end: int, total: int) -> int:
+    """The output frames (of `total`) that timeline latents [0, end) complete: those of latents at least
+    STREAM_REACH before `end`."""
+    return min(total, first_frame(max(0, end - STREAM_REACH)))
 
 
 def tail_pieces(span: DecodeSpan) -> tuple[DecodeSpan, ...]:
@@ -94,7 +100,7 @@ def tail_pieces(span: DecodeSpan) -> tuple[DecodeSpan, ...]:
     start, emitted = span.start, span.emit_start
     for k in range(1, count + 1):
         end = span.start + k * (span.end - span.start) // count
-        ready = span.emit_end if k == count else min(span.emit_end, first_frame(max(0, end - STREAM_REACH)))
+        ready = span.emit_end if k == count else completed(end, span.emit_end)
         if ready > emitted:
             pieces.append(DecodeSpan(span.window, start, end, emitted, ready))
             start, emitted = end, ready
