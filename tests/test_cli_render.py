@@ -159,7 +159,8 @@ def test_a_missing_input_exits_1_with_one_line_before_any_model_loads(
         (["--fp8"], 2, "--fp8 needs an NVIDIA GPU with FP8 (Ada/Hopper), not cpu; drop --fp8"),
         (["--offload"], 2, "--offload needs an NVIDIA GPU, not cpu; drop --offload"),
         (["--fp8", "--offload"], 2, "--fp8 and --offload need an NVIDIA GPU with FP8 (Ada/Hopper), not cpu"),
-        (["--attention", "xformers"], 2, "attention must be one of sdpa, cudnn, flash, efficient, fa4"),
+        (["--attention", "xformers"], 2, "attention must be one of sdpa, cudnn, flash, efficient, fa4, fa3"),
+        (["--attention", "fa3"], 2, "--attention fa3 needs a CUDA GPU, not cpu; use --attention sdpa"),
     ],
 )
 def test_bad_flags_and_impossible_settings_exit_before_any_model_loads(

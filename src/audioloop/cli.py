@@ -49,7 +49,8 @@ AttentionOpt = Annotated[
     str | None,
     typer.Option(
         "--attention",
-        help="Attention kernel: sdpa, cudnn, flash, efficient or fa4 (Hopper, Blackwell; audioloop[fa4]).",
+        help="Attention kernel: sdpa, cudnn, flash, efficient, fa4 (Hopper, Blackwell; audioloop[fa4]) "
+        "or fa3 (Hopper; audioloop[fa3]).",
     ),
 ]
 Fp8Opt = Annotated[

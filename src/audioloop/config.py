@@ -71,7 +71,7 @@ _AUTO_FIELDS = {"compile", "background_decode"}
 # models/accel.py's ATTENTION names, spelt out so that reading settings never imports diffusers (a test
 # keeps them equal)
 _CHOICES = {
-    "attention": ("sdpa", "cudnn", "flash", "efficient", "fa4"),
+    "attention": ("sdpa", "cudnn", "flash", "efficient", "fa4", "fa3"),
     "context": ("latent", "pixel"),
     "dtype": ("bfloat16", "float16", "float32"),
     "preset": ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"),

@@ -13,7 +13,8 @@ device)`, and leaves its forward signature alone, so the sampler runs unchanged.
   row reduction of up to 4,096 elements (the norms, the FP8 row quantisation) holds its row in
   registers (`models/reductions.py`): one read of the row instead of one per dependent reduction.
 - Attention: SDPA's choice (cuDNN's kernel on Hopper) by default; `fa4` sends the RoPE attentions' unmasked
-  calls to FlashAttention-4's forward (`models/flash4.py`, the optional flash-attn-4 package), 1.10× cuDNN's.
+  calls to FlashAttention-4's forward (`models/flash4.py`, the optional flash-attn-4 package), 1.10× cuDNN's;
+  `fa3` sends them to FlashAttention-3's prebuilt Hopper forward (`models/flash3.py`, fa3-fwd).
 - The compile cache: inductor's FX-graph, AOT-autograd, autotune and Triton caches live under the audioloop
   cache dir, so a second process skips the inductor and Triton work.
 - FP8 (`torch._scaled_mm`, Hopper or Ada): chosen linears become `models/fp8.py`'s `Fp8Linear` — e4m3 weights
@@ -52,8 +53,8 @@ from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 from torch import Tensor, nn
 from torch._inductor.runtime import compile_tasks
 
-from audioloop.models import flash4
-from audioloop.models.attention import RotaryAttnProcessor, use_rotary_attention
+from audioloop.models import flash3, flash4
+from audioloop.models.attention import KERNELS, RotaryAttnProcessor, use_rotary_attention
 from audioloop.models.fp8 import Fp8Linear, use_fused_gelu
 from audioloop.models.gelu import use_fast_gelu
 from audioloop.models.modulation import TokenLevels, use_two_level_modulation
@@ -61,14 +62,16 @@ from audioloop.models.reductions import use_persistent_rows
 from audioloop.models.rope import RopeIndex
 from audioloop.workdir import cache_dir
 
-# Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call; "fa4" is ours
-# (`models/flash4.py`) for the RoPE attentions' unmasked calls, and SDPA's choice for every other call.
+# Our attention names → diffusers attention backends. "sdpa" lets PyTorch pick per call; "fa4" and "fa3" are
+# ours (`models/flash4.py`, `models/flash3.py`) for the RoPE attentions' unmasked calls, and SDPA's choice
+# for every other call.
 ATTENTION = {
     "sdpa": "native",
     "cudnn": "_native_cudnn",
     "flash": "_native_flash",
     "efficient": "_native_efficient",
     flash4.NAME: "native",
+    flash3.NAME: "native",
 }
 # The linears of a block that run on video tokens (M = 24,960 rows at 832×480): 99% of its matmul FLOPs.
 VIDEO_LINEARS = (
@@ -142,8 +145,9 @@ def check_device(settings: AccelSettings, device: torch.device) -> None:
 
 
 def check_attention(settings: AccelSettings, device: torch.device) -> None:
-    """Refuse FA4 where it cannot run: it needs a Hopper or Blackwell GPU and its package."""
-    if settings.attention == flash4.NAME and (why := flash4.missing(device)):
+    """Refuse FA4 or FA3 where it cannot run: each needs its GPUs and its package."""
+    kernel = {flash4.NAME: flash4, flash3.NAME: flash3}.get(settings.attention)
+    if kernel and (why := kernel.missing(device)):
         raise ValueError(why)
 
 
@@ -241,7 +245,7 @@ def set_attention(transformer: LTX2VideoTransformer3DModel, name: str) -> None:
     active, _ = _AttentionBackendRegistry.get_active_backend()
     transformer.set_attention_backend(ATTENTION[name])
     _AttentionBackendRegistry.set_active_backend(active)
-    if name == flash4.NAME:  # only `attend` knows the name: set where the processor calls it
+    if name in KERNELS:  # only `attend` knows the name: set where the processor calls it
         for module in transformer.modules():
             if isinstance(getattr(module, "processor", None), RotaryAttnProcessor):
                 module.processor._attention_backend = name

@@ -18,10 +18,12 @@ from diffusers.models.transformers.transformer_ltx2 import (
 )
 from torch import Tensor
 
-from audioloop.models import flash4
+from audioloop.models import flash3, flash4
 from audioloop.models.rope import CompactRope, RopeIndex, expand
 
 ROTARY_ATTENTIONS = ("attn1", "audio_attn1", "audio_to_video_attn", "video_to_audio_attn")
+# The kernels of our own that `--attention` can name, each a custom op for unmasked calls.
+KERNELS = {flash4.NAME: flash4.flash4, flash3.NAME: flash3.flash3}
 
 
 def split_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -47,13 +49,13 @@ def rotate(attn: LTX2Attention, x: Tensor, freqs: tuple[Tensor, Tensor] | RopeIn
 def attend(
     processor: object, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None
 ) -> Tensor:
-    """Attention on [B, T, H, D] with the kernel and parallel config chosen for `processor`: FA4's op for an
-    unmasked call where `--attention fa4` chose it (a masked one takes diffusers' default), otherwise
-    diffusers' dispatch; the result in the query's dtype."""
+    """Attention on [B, T, H, D] with the kernel and parallel config chosen for `processor`: FA4's or FA3's
+    op for an unmasked call where `--attention` chose it (a masked one takes diffusers' default),
+    otherwise diffusers' dispatch; the result in the query's dtype."""
     backend = processor._attention_backend
-    if backend == flash4.NAME:
+    if backend in KERNELS:
         if mask is None:
-            return flash4.flash4(query, key, value)
+            return KERNELS[backend](query, key, value)
         backend = None
     out = dispatch_attention_fn(
         query,

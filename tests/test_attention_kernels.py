@@ -1,11 +1,13 @@
-"""models/flash4.py and `--attention fa4` on the tiny transformer: refusals with their fixes, the custom op's
-shape rule, which calls reach the kernel (the kernel itself needs a Hopper GPU and flash-attn-4: replaced
-here by SDPA, which it equals to bf16 rounding on the device machine, bench/attention_fa4.py)."""
+"""models/flash4.py and models/flash3.py, `--attention fa4` and `--attention fa3`, on the tiny transformer:
+refusals with their fixes, the custom ops' shape rule, which calls reach the kernel (each kernel needs a
+Hopper GPU and its package: replaced here by SDPA, which FA4 equals to bf16 rounding on the device machine,
+bench/attention_fa4.py; bench/attention_fa3.py measures FA3 the same way), FA4's import thread."""
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import sys
 from unittest.mock import MagicMock
 
@@ -14,14 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from audioloop.models import accel, flash4
+from audioloop.models import accel, flash3, flash4
 from audioloop.models.attention import RotaryAttnProcessor, use_rotary_attention
 from tiny_inputs import sample, window_inputs
 
+OWN_KERNELS = pytest.mark.parametrize("own", [flash4, flash3], ids=["fa4", "fa3"])
+
 
 @pytest.fixture
-def kernel(monkeypatch) -> list[tuple[torch.Size, ...]]:
-    """FA4's forward replaced by SDPA on the same [B, T, H, D] layout; the shapes of each call, in order."""
+def kernel(monkeypatch, own) -> list[tuple[torch.Size, ...]]:
+    """The forward of `own` (a test's parametrised kernel module) replaced by SDPA on the same [B, T, H, D]
+    layout; the shapes of each call, in order."""
     calls: list[tuple[torch.Size, ...]] = []
 
     def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
@@ -29,15 +34,15 @@ def kernel(monkeypatch) -> list[tuple[torch.Size, ...]]:
         out = F.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (query, key, value)))
         return out.transpose(1, 2).contiguous()
 
-    monkeypatch.setattr(flash4, "forward", sdpa)
+    monkeypatch.setattr(own, "forward", sdpa)
     return calls
 
 
-def fa4_model(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy with audioloop's RoPE processors and `--attention fa4`'s routing."""
+def routed_model(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """A copy with audioloop's RoPE processors and `--attention name`'s routing."""
     fast = copy.deepcopy(model)
     use_rotary_attention(fast)
-    accel.set_attention(fast, flash4.NAME)
+    accel.set_attention(fast, name)
     return fast
 
 
@@ -46,24 +51,58 @@ def test_fa4_is_refused_off_cuda_with_the_reason() -> None:
         accel.check_device(accel.AccelSettings(attention="fa4"), torch.device("cpu"))
 
 
-def test_fa4_names_the_gpu_it_needs_and_the_package_to_install(monkeypatch) -> None:
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: "NVIDIA A100")
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _device: (8, 0))
-    assert flash4.missing(torch.device("cuda")) == (
-        "--attention fa4 needs a Hopper or Blackwell GPU; NVIDIA A100 is sm_80: use sdpa"
-    )
+@pytest.mark.parametrize(
+    ("own", "gpu", "capability", "wrong_gpu", "no_package"),
+    [
+        (
+            flash4,
+            "NVIDIA A100",
+            (8, 0),
+            "--attention fa4 needs a Hopper or Blackwell GPU; NVIDIA A100 is sm_80: use sdpa",
+            "--attention fa4 needs the flash-attn-4 package: pip install 'audioloop[fa4]'",
+        ),
+        (
+            flash3,
+            "NVIDIA B200",
+            (10, 0),
+            "--attention fa3 needs a Hopper GPU; NVIDIA B200 is sm_100: use sdpa",
+            "--attention fa3 needs the fa3-fwd package: pip install 'audioloop[fa3]'",
+        ),
+    ],
+    ids=["fa4", "fa3"],
+)
+def test_the_kernel_names_the_gpu_it_needs_and_the_package_to_install(
+    monkeypatch, own, gpu, capability, wrong_gpu, no_package
+) -> None:
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda _device: gpu)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _device: capability)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert own.missing(cuda) == wrong_gpu
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _device: (9, 0))
-    monkeypatch.setattr(flash4.importlib.util, "find_spec", lambda _name: None)
-    why = flash4.missing(torch.device("cuda"))
-    assert why == "--attention fa4 needs the flash-attn-4 package: pip install 'audioloop[fa4]'"
-    with pytest.raises(ValueError, match=r"audioloop\[fa4\]"):
-        accel.check_device(accel.AccelSettings(attention="fa4"), torch.device("cuda"))
+    monkeypatch.setattr(own.importlib.util, "find_spec", lambda _name: None)
+    assert own.missing(cuda) == no_package
+    with pytest.raises(ValueError, match=re.escape(no_package)):
+        accel.check_device(accel.AccelSettings(attention=own.NAME), cuda)
+    monkeypatch.setattr(own.importlib.util, "find_spec", lambda name: name)
+    assert own.missing(cuda) is None
 
 
-def test_the_op_takes_the_value_head_size_without_running_the_kernel() -> None:
+def test_fa3_is_refused_off_cuda_and_with_a_cuda_12_torch(monkeypatch) -> None:
+    with pytest.raises(ValueError, match="fa3 needs a CUDA GPU, not cpu; use --attention sdpa"):
+        accel.check_device(accel.AccelSettings(attention="fa3"), torch.device("cpu"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _device: (9, 0))
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert flash3.missing(torch.device("cuda")) == (
+        "--attention fa3 needs a CUDA 13 build of torch, not CUDA 12.8: use fa4"
+    )
+
+
+@pytest.mark.parametrize("op", [flash4.flash4, flash3.flash3], ids=["fa4", "fa3"])
+def test_the_op_takes_the_value_head_size_without_running_the_kernel(op) -> None:
     with FakeTensorMode():
         query, key = torch.empty(2, 300, 4, 128), torch.empty(2, 77, 4, 128)
-        out = flash4.flash4(query, key, torch.empty(2, 77, 4, 64))
+        out = op(query, key, torch.empty(2, 77, 4, 64))
     assert out.shape == (2, 300, 4, 64) and out.dtype == query.dtype
 
 
@@ -78,10 +117,11 @@ def test_kernel_cache_goes_under_the_given_dir_unless_the_user_chose_one(tmp_pat
     assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == "/mine"
 
 
-def test_fa4_takes_every_rope_attention_and_nothing_else(model, kernel) -> None:
-    fast = fa4_model(model)
+@OWN_KERNELS
+def test_the_kernel_takes_every_rope_attention_and_nothing_else(model, own, kernel) -> None:
+    fast = routed_model(model, own.NAME)
     processors = {name: m.processor for name, m in fast.named_modules() if hasattr(m, "processor")}
-    chosen = {name for name, p in processors.items() if p._attention_backend == flash4.NAME}
+    chosen = {name for name, p in processors.items() if p._attention_backend == own.NAME}
     rotary = {name for name, p in processors.items() if isinstance(p, RotaryAttnProcessor)}
     assert chosen == rotary and len(chosen) == 4 * len(fast.transformer_blocks)
     x = window_inputs()[1]
@@ -92,8 +132,9 @@ def test_fa4_takes_every_rope_attention_and_nothing_else(model, kernel) -> None:
     assert len(video_self) == 2 * 2 and len(kernel) == 4 * len(video_self)
 
 
-def test_fa4_inside_the_compiled_blocks_is_one_graph_and_the_same_numbers(model, kernel) -> None:
-    fast = fa4_model(model)
+@OWN_KERNELS
+def test_the_kernel_inside_the_compiled_blocks_is_one_graph_and_the_same_numbers(model, own, kernel) -> None:
+    fast = routed_model(model, own.NAME)
     accel.compile_blocks(fast, backend="aot_eager")  # traces the op through its fake: no real kernel
     torch._dynamo.reset()
     counters = torch._dynamo.utils.counters["stats"]
