@@ -13,7 +13,9 @@ CuTe DSL's (92 MB, over one call's 64 MiB) travel as `bench/fa4_wheels.sh` says.
 from __future__ import annotations
 
 import argparse
+import importlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,22 +48,33 @@ def fa4(q: Tensor, k: Tensor, v: Tensor, tile: tuple | None = None) -> Tensor:
     return _flash_attn_fwd(q, k, v, tile_mn=(m, n), mma_pv_is_rs=rs, intra_wg_overlap=overlap)[0]
 
 
-def case(run: Run, tokens: int, repeats: int) -> dict:
-    """Both kernels at one token count: first calls, timings per tile, compiled op, errors."""
+def random_qkv(tokens: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Unit-normal bf16 q, k, v [1, tokens, 32, 128] on the GPU, seeded by the token count."""
     gen = torch.Generator(device="cuda").manual_seed(tokens)
-    q, k, v = (
+    return tuple(
         torch.randn(1, tokens, HEADS, DIM, generator=gen, device="cuda", dtype=torch.bfloat16)
         for _ in range(3)
     )
-    flops = 4 * tokens * tokens * HEADS * DIM
-    out: dict = {}
 
-    def time_it(name: str, fn) -> None:
+
+def timer(run: Run, tokens: int, repeats: int, out: dict) -> Callable[[str, Callable], None]:
+    """`time_it(name, fn)`: fn's first call and median of `repeats` into out[name], with its TFLOP/s."""
+    flops = 4 * tokens * tokens * HEADS * DIM
+
+    def time_it(name: str, fn: Callable) -> None:
         first = wall(fn, run.device)
         t = summary(timed(fn, repeats, run.device))
         out[name] = {**t, "tflops": flops / t["median"] / 1e12, "first call s": first}
         print(f"  {name}: {t['median'] * 1e3:.2f} ms, {out[name]['tflops']:.0f} TFLOP/s", flush=True)
 
+    return time_it
+
+
+def case(run: Run, tokens: int, repeats: int) -> dict:
+    """Both kernels at one token count: first calls, timings per tile, compiled op, errors."""
+    q, k, v = random_qkv(tokens)
+    out: dict = {}
+    time_it = timer(run, tokens, repeats, out)
     time_it("cudnn bf16 (torch sdpa)", lambda: bf16(q, k, v))
     for tile in TILES:
         try:
@@ -78,25 +91,31 @@ def case(run: Run, tokens: int, repeats: int) -> dict:
     return out
 
 
-def main() -> None:
+def run_cases(name: str, modules: tuple[str, ...], case: Callable[[Run, int, int], dict]) -> None:
+    """Parse --out/--tokens/--repeats/--deadline, time each module's import, run `case` per token count and
+    save the results as `name`."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tokens", default="24960,56320")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--deadline", type=float, default=300.0)
-    parser.add_argument("--name", default="attention_fa4")
+    parser.add_argument("--name", default=name)
     args = parser.parse_args()
     args.tiny = False
     run = Run(args, args.name)
-    begin = time.perf_counter()
-    import flash_attn.cute  # noqa: F401  the CuTe DSL's import alone is seconds
-
-    run.results["import s"] = time.perf_counter() - begin
+    for module in modules:  # timed apart: the CuTe DSL's import alone is seconds
+        begin = time.perf_counter()
+        importlib.import_module(module)
+        run.results[f"import {module} s"] = time.perf_counter() - begin
     for tokens in (int(t) for t in args.tokens.split(",")):
         run.results[str(tokens)] = run.attempt(
             f"{tokens} tokens", lambda t=tokens: case(run, t, args.repeats)
         )
     run.save()
+
+
+def main() -> None:
+    run_cases("attention_fa4", ("flash_attn.cute",), case)
 
 
 if __name__ == "__main__":
